@@ -1,0 +1,252 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018) with a choice of actor gradient estimator.
+
+Networks: a tanh-Gaussian actor π(a|s) with state-dependent log-std, twin Q-critics evaluated
+in one batched call, Polyak-averaged target critics, automatic entropy tuning with target
+entropy −dim(A). Defaults are Stable-Baselines3's, so the two can be compared on the same work.
+
+Losses on a replay batch (s, a, r, s', d) with d = terminated:
+
+    critic:  ½ Σ_i (Q_i(s, a) − y)²,   y = r + γ (1 − d) [min_i Q̄_i(s', a') − α log π(a'|s')],
+             a' ~ π(·|s')
+    actor:   J(θ) = E_s E_{a~πθ}[α log πθ(a|s) − min_i Q_i(s, a)]
+    alpha:   −log α · (log π(a|s) + H_target)   (α = exp(log α))
+
+The actor's gradient ∇θ J is estimated either
+
+* ``pathwise`` (SAC as published): a = tanh(μθ(s) + σθ(s) ε), back-propagated through Q and
+  log π; or
+* ``score``: K actions per state drawn without gradient, h(a) = α log π(a|s) − Q(s, a) and
+  ĝ = mean[(h(a) − b) ∇θ log πθ(a|s) + α ∇θ log πθ(a|s)], with b the leave-one-out mean of h
+  over the K actions (``score_baseline=loo``) or 0 (``none``). Both are unbiased for ∇θ J.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from rlgrad.buffers import ReplayBuffer, Transitions
+from rlgrad.config import AgentConfig
+from rlgrad.distributions import TanhGaussian
+from rlgrad.envs import EnvSpec
+from rlgrad.learner import Learner
+from rlgrad.networks import EnsembleMLP, mlp
+
+
+class Config(AgentConfig):
+    name: Literal["sac"] = "sac"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    buffer_size: int = Field(1_000_000, gt=0)
+    batch_size: int = Field(256, gt=0)
+    tau: float = Field(0.005, gt=0, le=1)
+    gamma: float = Field(0.99, ge=0, le=1)
+    train_freq: int = Field(1, gt=0)
+    """Vector-env steps between two rounds of updates."""
+    gradient_steps: int = Field(1, ge=-1)
+    """Updates per round; −1 does as many as env steps were taken."""
+    learning_starts: int = Field(100, ge=0)
+    """Env steps of uniform random actions before learning begins."""
+    ent_coef: float | Literal["auto"] = "auto"
+    ent_coef_init: float = Field(1.0, gt=0)
+    target_entropy: float | Literal["auto"] = "auto"
+    target_update_interval: int = Field(1, gt=0)
+    n_critics: int = Field(2, gt=0)
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    actor_estimator: Literal["pathwise", "score"] = "pathwise"
+    score_baseline: Literal["none", "loo"] = "loo"
+    score_samples: int = Field(8, gt=0)
+    """K: actions drawn per state by the score-function estimator."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.log_std_min >= self.log_std_max:
+            raise ValueError("log_std_min must be below log_std_max")
+        if self.score_baseline == "loo" and self.score_samples < 2:
+            raise ValueError("score_baseline=loo needs score_samples >= 2")
+        return self
+
+
+class Actor(nn.Module):
+    """s ↦ TanhGaussian(μ(s), exp(clamp(log σ(s)))) over actions in (−1, 1)^d."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config):
+        super().__init__()
+        self.trunk = mlp([obs_dim, *cfg.hidden_sizes], output_activation=True)
+        self.mean = nn.Linear(cfg.hidden_sizes[-1], act_dim)
+        self.log_std = nn.Linear(cfg.hidden_sizes[-1], act_dim)
+        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
+
+    def forward(self, obs: torch.Tensor) -> TanhGaussian:
+        h = self.trunk(obs)
+        log_std = self.log_std(h).clamp(self.log_std_min, self.log_std_max)
+        return TanhGaussian.from_log_std(self.mean(h), log_std)
+
+
+class TwinCritic(nn.Module):
+    """n Q-functions Q_i(s, a) in one batched call: (B, ·) ↦ (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config):
+        super().__init__()
+        self.ensemble = EnsembleMLP(cfg.n_critics, [obs_dim + act_dim, *cfg.hidden_sizes, 1])
+
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, params: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return self.ensemble(torch.cat([obs, actions], -1), params).squeeze(-1)
+
+
+class Agent:
+    def __init__(self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int):
+        self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
+        self.act_dim = spec.act_dim
+        device = learner.device
+        self.actor = Actor(spec.obs_dim, spec.act_dim, cfg).to(device)
+        self.critic = TwinCritic(spec.obs_dim, spec.act_dim, cfg).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.buffer = ReplayBuffer(cfg.buffer_size, spec.obs_dim, spec.act_dim, device)
+
+        learner.add_optimizer("critic", self.critic.parameters(), cfg.learning_rate)
+        learner.add_optimizer("actor", self.actor.parameters(), cfg.learning_rate)
+        self.autotune = cfg.ent_coef == "auto"
+        init = cfg.ent_coef_init if self.autotune else float(cfg.ent_coef)
+        self.log_alpha = torch.tensor(init, device=device).log().requires_grad_(self.autotune)
+        if self.autotune:
+            learner.add_optimizer("alpha", [self.log_alpha], cfg.learning_rate)
+        self.target_entropy = (
+            -float(spec.act_dim) if cfg.target_entropy == "auto" else float(cfg.target_entropy)
+        )
+        self.vector_steps = 0
+        self.updates = 0
+
+    # ---- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
+        if global_step < self.cfg.learning_starts:
+            return torch.rand(obs.shape[0], self.act_dim, device=obs.device) * 2.0 - 1.0
+        return self.actor(obs).sample()
+
+    @torch.no_grad()
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs).mode
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+
+    # ---- learning -----------------------------------------------------------------------
+    def update(self, global_step: int) -> dict[str, torch.Tensor]:
+        self.vector_steps += 1
+        if global_step <= self.cfg.learning_starts or self.vector_steps % self.cfg.train_freq:
+            return {}
+        n_updates = self.cfg.gradient_steps
+        if n_updates == -1:
+            n_updates = self.cfg.train_freq * self.n_envs
+        metrics: dict[str, torch.Tensor] = {}
+        for _ in range(n_updates):
+            metrics = self.update_once(self.buffer.sample(self.cfg.batch_size))
+        return metrics
+
+    def update_once(self, batch: Transitions) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        alpha = self.log_alpha.detach().exp()
+
+        # The actor's actions on the batch states serve the alpha loss and, when pathwise,
+        # the actor loss (one forward pass, as in SB3).
+        policy = self.actor(batch.obs)
+        actions_pi, log_prob_pi = policy.rsample_with_log_prob()
+
+        metrics: dict[str, torch.Tensor] = {"charts/alpha": alpha}
+        if self.autotune:
+            alpha_loss = -(self.log_alpha * (log_prob_pi.detach() + self.target_entropy)).mean()
+            self.learner.step("alpha", alpha_loss)
+            metrics["losses/alpha"] = alpha_loss.detach()
+
+        critic_loss, q_mean = self.critic_loss(batch, alpha)
+        self.learner.step("critic", critic_loss)
+
+        if cfg.actor_estimator == "pathwise":
+            actor_loss = self.pathwise_actor_loss(batch.obs, actions_pi, log_prob_pi, alpha)
+        else:
+            actor_loss = self.score_actor_loss(batch.obs, policy, alpha)
+        self.learner.step("actor", actor_loss)
+
+        self.updates += 1
+        if self.updates % cfg.target_update_interval == 0:
+            online = list(self.critic.parameters())
+            torch._foreach_lerp_(list(self.critic_target.parameters()), online, cfg.tau)
+        metrics.update(
+            {
+                "losses/critic": critic_loss.detach(),
+                "losses/actor": actor_loss.detach(),
+                "losses/q_mean": q_mean,
+                "losses/entropy": -log_prob_pi.detach().mean(),
+            }
+        )
+        return metrics
+
+    def critic_loss(
+        self, batch: Transitions, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """½ Σ_i mean (Q_i(s, a) − y)², y the soft Bellman target from the target critics."""
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor(batch.next_obs).rsample_with_log_prob()
+            next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
+            soft_next_v = next_q - alpha * next_log_prob
+            target = batch.rewards + self.cfg.gamma * (~batch.terminated) * soft_next_v
+        q = self.critic(batch.obs, batch.actions)
+        loss = 0.5 * (q - target).pow(2).mean(-1).sum()
+        return loss, q.detach().mean()
+
+    def frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min_i Q_i(s, a) with the critics' weights held fixed (no weight gradients)."""
+        return self.critic(obs, actions, self.critic.ensemble.detached_params()).min(0).values
+
+    def pathwise_actor_loss(
+        self, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        """mean[α log π(a|s) − min_i Q_i(s, a)], a reparameterized."""
+        return (alpha * log_prob - self.frozen_q(obs, actions)).mean()
+
+    def score_actor_loss(
+        self, obs: torch.Tensor, policy: TanhGaussian, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        """A surrogate whose gradient is the score-function estimate of ∇θ J (see module doc)."""
+        k = self.cfg.score_samples
+        with torch.no_grad():
+            u = policy.rsample_pre_tanh((k,))  # (K, B, d), no gradient
+            q = self.frozen_q(
+                obs.expand(k, *obs.shape).reshape(-1, obs.shape[-1]),
+                torch.tanh(u).reshape(-1, self.act_dim),
+            ).view(k, -1)
+        log_prob = policy.log_prob_pre_tanh(u)  # (K, B), differentiable in θ
+        with torch.no_grad():
+            h = alpha * log_prob - q
+            if self.cfg.score_baseline == "loo":
+                h = h - (h.sum(0, keepdim=True) - h) / (k - 1)
+        return ((h + alpha) * log_prob).mean()
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "buffer": self.buffer.state_dict(),
+            "vector_steps": self.vector_steps,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.vector_steps, self.updates = int(state["vector_steps"]), int(state["updates"])

@@ -1,0 +1,67 @@
+"""Atomic checkpoint files.
+
+A checkpoint is written to a temporary file in the same directory, flushed to disk with
+fsync, then renamed over the target (``os.replace`` is atomic on POSIX), and the directory
+entry is fsync-ed: a process killed at any moment leaves either the previous checkpoint or
+the new one, never a torn file. Loading uses ``torch.load(weights_only=True)``, which refuses
+arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not from this run."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            torch.save({"format": FORMAT_VERSION, **state}, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling error"
+        raise CheckpointError(
+            f"refusing {path}: it holds objects other than tensors and plain data ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not an rlgrad checkpoint (format {FORMAT_VERSION})")
+    return state

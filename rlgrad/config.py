@@ -1,0 +1,197 @@
+"""Typed run configuration: YAML file + ``key=value`` overrides, validated against a schema.
+
+OmegaConf reads the YAML (a safe loader) and merges the dotted overrides; pydantic validates the
+merged tree against the schema below, where every section forbids unknown keys. Every failure
+becomes a :class:`ConfigError` whose message is one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; its message is a single line."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AgentConfig(Section):
+    """Base of the agents' configs; each agent subclasses it with its hyperparameters."""
+
+    name: str
+
+
+class EnvConfig(Section):
+    id: str = "Pendulum-v1"
+    n_envs: int = Field(1, gt=0)
+    vectorization: Literal["sync", "async"] = "sync"
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_obs: float = Field(10.0, gt=0)
+    rescale_actions: bool = True
+    """Present the action space to the agent as [-1, 1]^d and rescale to the env's bounds."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for ``gymnasium.make``."""
+
+
+class LoggingConfig(Section):
+    wandb: Literal["auto", "offline", "online", "disabled"] = "auto"
+    """``auto``: online when a W&B key is configured, offline otherwise."""
+    project: str = "rlgrad"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    tensorboard: bool = True
+    interval: int = Field(1000, gt=0)
+    """Environment steps between two records of training metrics (losses, sps)."""
+
+
+class EvalConfig(Section):
+    interval: int = Field(5000, ge=0)
+    """Environment steps between evaluations; 0 evaluates only at the end."""
+    episodes: int = Field(10, gt=0)
+    deterministic: bool = True
+
+
+class CheckpointConfig(Section):
+    interval: int = Field(0, ge=0)
+    """Environment steps between checkpoints; 0 saves only at the end."""
+
+
+class LearnerConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_grad_norm: float | None = Field(None, gt=0)
+    max_nonfinite: int = Field(100, gt=0)
+    """Consecutive updates with a non-finite loss or gradient before the run stops."""
+    torch_threads: int | None = Field(None, gt=0)
+
+
+class DiagnosticsConfig(Section):
+    interval: int = Field(0, ge=0)
+    """Updates between two gradient-variance measurements; 0 turns them off."""
+    batch: int | None = Field(None, gt=1)
+    """Samples per measurement; None takes the agent's batch."""
+    reference_batch: int = Field(4096, gt=1)
+    per_layer: bool = False
+
+
+A = TypeVar("A", bound=AgentConfig)
+
+
+class RunConfig(Section, Generic[A]):
+    agent: A
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    total_steps: int = Field(gt=0)
+    seed: int = 0
+    name: str | None = None
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=.*$", re.DOTALL)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["agent.lr=3e-4", "seed=2"]`` → nested dict with YAML-typed values."""
+    for item in overrides:
+        if not _OVERRIDE.match(item):
+            raise ConfigError(
+                f"malformed override {item!r}: expected KEY=VALUE with a dotted key, "
+                "e.g. agent.batch_size=512"
+            )
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad override: {_one_line(str(exc))}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot parse {path}: {_one_line(str(exc))}") from None
+    container = OmegaConf.to_container(loaded, resolve=False)
+    if not isinstance(container, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of config keys, not {type(container).__name__}"
+        )
+    return container  # type: ignore[return-value]
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base`` (OmegaConf semantics), resolving interpolations."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overrides))
+        return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(str(exc))) from None
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    """Validate a merged config tree against the schema of the agent it names."""
+    from rlgrad.agents import agent_spec  # agents import this module
+
+    agent = data.get("agent")
+    if not isinstance(agent, dict) or "name" not in agent:
+        raise ConfigError("the config must name its agent: agent.name (e.g. agent.name=sac)")
+    config_cls = agent_spec(str(agent["name"])).config
+    try:
+        return RunConfig[config_cls].model_validate(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_cls)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read ``path``, apply ``overrides`` and return the validated config."""
+    return validate(merge(read_yaml(path), parse_overrides(overrides or [])))
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(exc: ValidationError, agent_cls: type[AgentConfig]) -> str:
+    """The first validation error as one line: the dotted key, what is wrong, what is valid."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(loc[:-1], agent_cls)
+        return f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"missing config key '{key}'"
+    given = error.get("input")
+    return f"config key '{key}': {error['msg']} (got {given!r})"
+
+
+def _valid_keys(parent: list[str], agent_cls: type[AgentConfig]) -> list[str]:
+    model: type[BaseModel] = RunConfig[agent_cls]  # type: ignore[valid-type]
+    for part in parent:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,180 @@
+"""One ``log(metrics, step)`` fanned out to every sink: JSONL, TensorBoard, W&B, console.
+
+Metric names share one namespace across sinks (``charts/…``, ``losses/…``, ``eval/…``,
+``grad/<estimator>/<statistic>``) and the x-axis is always ``global_step``, the number of
+environment steps taken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from rlgrad.config import LoggingConfig
+
+Metrics = dict[str, float]
+
+
+class Sink(Protocol):
+    def write(self, metrics: Metrics, step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """``metrics.jsonl``: one JSON object per record, each with ``global_step``."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, metrics: Metrics, step: int) -> None:
+        row = {"global_step": step, **{k: _json_number(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, metrics: Metrics, step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def wandb_key_configured() -> bool:
+    """Whether a W&B API key is set up on this machine, judged without touching the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` → ``online`` with a configured key, else ``offline``; WANDB_MODE wins over auto."""
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    return "online" if wandb_key_configured() else "offline"
+
+
+class WandbSink:
+    """A W&B run in ``run_dir/wandb``; offline runs never block and can be ``wandb sync``-ed."""
+
+    def __init__(
+        self,
+        cfg: LoggingConfig,
+        mode: str,
+        run_dir: Path,
+        name: str,
+        config: dict[str, Any],
+        run_id: str | None = None,
+    ):
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.wandb = wandb
+        self.run = wandb.init(
+            mode=mode,
+            dir=str(run_dir),
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            job_type=cfg.job_type,
+            tags=cfg.tags or None,
+            name=name,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=config,
+            reinit="create_new",
+            settings=wandb.Settings(
+                console="off",
+                silent=True,
+                save_code=False,
+                disable_git=True,
+                x_disable_stats=True,
+                init_timeout=90,
+            ),
+        )
+        self.run.define_metric("global_step")
+        self.run.define_metric("*", step_metric="global_step")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def write(self, metrics: Metrics, step: int) -> None:
+        self.run.log({**metrics, "global_step": step})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class ProgressBar:
+    """A tqdm bar over environment steps showing steps/s and the last episodic return."""
+
+    def __init__(self, total: int, initial: int = 0):
+        self.bar = tqdm(
+            total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5
+        )
+        self.position = initial
+
+    def advance(self, step: int, last_return: float | None) -> None:
+        if last_return is not None:
+            self.bar.set_postfix(ret=f"{last_return:.1f}", refresh=False)
+        self.bar.update(step - self.position)
+        self.position = step
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Logger:
+    """Fans each record out to its sinks; drives the progress bar."""
+
+    def __init__(self, sinks: list[Sink], progress: ProgressBar | None = None):
+        self.sinks, self.progress = sinks, progress
+        self.last_return: float | None = None
+
+    def log(self, metrics: Metrics, step: int) -> None:
+        if not metrics:
+            return
+        if "charts/episodic_return" in metrics:
+            self.last_return = metrics["charts/episodic_return"]
+        for sink in self.sinks:
+            sink.write(metrics, step)
+
+    def advance(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(step, self.last_return)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+def _json_number(value: float) -> float | str | None:
+    """JSON has no NaN/Inf: write them as strings so a reader sees them, not a parse error."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
