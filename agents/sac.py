@@ -102,7 +102,9 @@ class TwinCritic(nn.Module):
 
 
 class Agent:
-    def __init__(self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int):
+    def __init__(
+        self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int = 0
+    ):
         self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
         self.act_dim = spec.act_dim
         device = learner.device

@@ -17,7 +17,9 @@ class Agent(Protocol):
     Actions are in the agent's space [-1, 1]^d (the env rescales them).
     """
 
-    def __init__(self, cfg: Any, spec: EnvSpec, learner: Learner, n_envs: int) -> None: ...
+    def __init__(
+        self, cfg: Any, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int
+    ) -> None: ...
 
     def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
         """Exploration actions for the ``n_envs`` observations (``global_step`` steps so far)."""

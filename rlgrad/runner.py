@@ -128,7 +128,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
         training=False,
     )
     agent: Agent = agent_spec(cfg.agent.name).agent(
-        cfg.agent, env_spec(envs), learner, envs.num_envs
+        cfg.agent, env_spec(envs), learner, envs.num_envs, cfg.total_steps
     )
     logger = build_logger(cfg, run_dir, quiet)
 
