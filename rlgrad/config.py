@@ -77,6 +77,7 @@ class LearnerConfig(Section):
     max_nonfinite: int = Field(100, gt=0)
     """Consecutive updates with a non-finite loss or gradient before the run stops."""
     torch_threads: int | None = Field(None, gt=0)
+    """Threads for torch's CPU kernels; None: 1 on CPU (small networks lose to oversubscription)."""
 
 
 class DiagnosticsConfig(Section):

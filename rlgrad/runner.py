@@ -110,12 +110,12 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
     """Train the agent ``cfg`` names for ``cfg.total_steps`` environment steps into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    if cfg.learner.torch_threads:
-        torch.set_num_threads(cfg.learner.torch_threads)
     seed_everything(cfg.seed)
-
     learner = Learner(cfg.learner)
     device = learner.device
+    threads = cfg.learner.torch_threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     gamma = float(getattr(cfg.agent, "gamma", 0.99))
     envs = make_env(cfg.env, cfg.seed, gamma=gamma)
     normalizer = find_wrapper(envs, NormalizeObservation)
