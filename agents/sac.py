@@ -29,8 +29,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from rlgrad import diagnostics
 from rlgrad.buffers import ReplayBuffer, Transitions
-from rlgrad.config import AgentConfig
+from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.distributions import TanhGaussian
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
@@ -218,19 +219,100 @@ class Agent:
         self, obs: torch.Tensor, policy: TanhGaussian, alpha: torch.Tensor
     ) -> torch.Tensor:
         """A surrogate whose gradient is the score-function estimate of ∇θ J (see module doc)."""
+        with torch.no_grad():
+            u = policy.rsample_pre_tanh((self.cfg.score_samples,))  # (K, B, d), no gradient
+            advantage = self._score_advantage(obs, policy, u, alpha)
+        log_prob = policy.log_prob_pre_tanh(u)  # (K, B), differentiable in θ
+        return ((advantage + alpha) * log_prob).mean()
+
+    def _score_advantage(
+        self, obs: torch.Tensor, policy: TanhGaussian, u: torch.Tensor, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        """h(a) − b for K pre-tanh draws u (K, B, d): h = α log π(a|s) − min Q(s, a)."""
+        k = u.shape[0]
+        q = self.frozen_q(
+            obs.expand(k, *obs.shape).reshape(-1, obs.shape[-1]),
+            torch.tanh(u).reshape(-1, self.act_dim),
+        ).view(k, -1)
+        h = alpha * policy.log_prob_pre_tanh(u) - q
+        if self.cfg.score_baseline == "loo":
+            h = h - (h.sum(0, keepdim=True) - h) / (k - 1)
+        return h
+
+    # ---- diagnostics --------------------------------------------------------------------
+    def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
+        """Both actor-gradient estimators measured on the same states, critic and policy.
+
+        Pathwise: one estimate per (state, ε) draw. Score: one estimate per state, from its K
+        actions with the configured baseline (what one state contributes to the training loss).
+        """
+        alpha = self.log_alpha.detach().exp()
+        obs = self.buffer.sample(cfg.batch or self.cfg.batch_size).obs
+        ref_obs = self.buffer.sample(cfg.reference_batch).obs
+        per_sample = {
+            "pathwise": self.pathwise_per_sample(obs, alpha),
+            "score": self.score_per_sample(obs, alpha),
+        }
+        ref_policy = self.actor(ref_obs)
+        ref_actions, ref_log_prob = ref_policy.rsample_with_log_prob()
+        reference = {
+            "pathwise": self.pathwise_actor_loss(ref_obs, ref_actions, ref_log_prob, alpha),
+            "score": self.score_actor_loss(ref_obs, self.actor(ref_obs), alpha),
+        }
+        metrics: dict[str, torch.Tensor] = {}
+        means = {}
+        for name, grads in per_sample.items():
+            ref = diagnostics.batch_gradient(self.actor, reference[name])
+            flat = diagnostics.flatten(grads)
+            stats = diagnostics.gradient_statistics(flat, ref)
+            means[name] = flat.double().mean(0)
+            metrics.update(diagnostics.prefixed(f"grad/{name}", stats))
+            if cfg.per_layer:
+                layers = diagnostics.per_layer_statistics(grads)
+                metrics.update(diagnostics.prefixed(f"grad/{name}", layers))
+        metrics["grad/cosine_score_pathwise"] = diagnostics.cosine(
+            means["score"], means["pathwise"]
+        )
+        metrics["grad/variance_ratio_score_over_pathwise"] = (
+            metrics["grad/score/variance"] / metrics["grad/pathwise/variance"]
+        )
+        return metrics
+
+    def pathwise_per_sample(self, obs: torch.Tensor, alpha: torch.Tensor) -> dict:
+        """∇θ [α log π(a_i|s_i) − min Q(s_i, a_i)], a_i = tanh(μ(s_i) + σ(s_i) ε_i), per row.
+
+        The critic's weights are fixed here, so ∇θ Q(s_i, a_i(θ)) = (∂Q/∂a)_i · ∂a_i/∂θ: one
+        batched backward gives every row's ∂Q/∂a, and the per-sample loss uses the linear term
+        −(∂Q/∂a)_i · a_i(θ), whose θ-gradient is the same, instead of vmapping the critic.
+        """
+        eps = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
+        with torch.enable_grad():
+            policy = self.actor(obs)
+            action = torch.tanh(policy.mean + policy.std * eps).detach().requires_grad_(True)
+            (dq_da,) = torch.autograd.grad(self.frozen_q(obs, action).sum(), action)
+
+        def loss(actor, obs_i, eps_i, dq_da_i):
+            policy = actor(obs_i)
+            u = policy.mean + policy.std * eps_i
+            return (alpha * policy.log_prob_pre_tanh(u) - (dq_da_i * torch.tanh(u)).sum(-1)).sum()
+
+        return diagnostics.per_sample_grads(self.actor, loss, obs, eps, dq_da)
+
+    def score_per_sample(self, obs: torch.Tensor, alpha: torch.Tensor) -> dict:
+        """Per state: mean_k [(h_k − b_k + α) ∇θ log π(a_k|s)] over its K sampled actions."""
         k = self.cfg.score_samples
         with torch.no_grad():
-            u = policy.rsample_pre_tanh((k,))  # (K, B, d), no gradient
-            q = self.frozen_q(
-                obs.expand(k, *obs.shape).reshape(-1, obs.shape[-1]),
-                torch.tanh(u).reshape(-1, self.act_dim),
-            ).view(k, -1)
-        log_prob = policy.log_prob_pre_tanh(u)  # (K, B), differentiable in θ
-        with torch.no_grad():
-            h = alpha * log_prob - q
-            if self.cfg.score_baseline == "loo":
-                h = h - (h.sum(0, keepdim=True) - h) / (k - 1)
-        return ((h + alpha) * log_prob).mean()
+            policy = self.actor(obs)
+            u = policy.rsample_pre_tanh((k,))  # (K, B, d)
+            advantage = self._score_advantage(obs, policy, u, alpha)  # (K, B)
+
+        def loss(actor, obs_i, u_i, adv_i):  # (1, obs), (1, K, d), (1, K)
+            log_prob = actor(obs_i).log_prob_pre_tanh(u_i.transpose(0, 1))  # (K, 1)
+            return ((adv_i.transpose(0, 1) + alpha) * log_prob).mean()
+
+        return diagnostics.per_sample_grads(
+            self.actor, loss, obs, u.transpose(0, 1), advantage.transpose(0, 1)
+        )
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

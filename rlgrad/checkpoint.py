@@ -58,10 +58,9 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         raise CheckpointError(
             f"refusing {path}: it holds objects other than tensors and plain data ({first})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is corrupt or truncated: {str(exc).splitlines()[0]}"
-        ) from None
+    except Exception as exc:  # torch.load fails in many ways on a torn or foreign file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is corrupt or truncated: {reason}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an rlgrad checkpoint (format {FORMAT_VERSION})")
     return state

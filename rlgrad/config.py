@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no silent coercion (a YAML ``true`` is not batch_size 1, "5" is not 5).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class AgentConfig(Section):
@@ -96,7 +97,7 @@ class RunConfig(Section, Generic[A]):
     agent: A
     env: EnvConfig = Field(default_factory=EnvConfig)
     total_steps: int = Field(gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     name: str | None = None
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -116,10 +117,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 f"malformed override {item!r}: expected KEY=VALUE with a dotted key, "
                 "e.g. agent.batch_size=512"
             )
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad override: {_one_line(str(exc))}") from None
+    merged = OmegaConf.create({})
+    for item in overrides:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+            raise ConfigError(f"bad override {item!r}: {_one_line(str(exc))}") from None
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

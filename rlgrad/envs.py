@@ -85,16 +85,36 @@ class NormalizeObservation(VectorWrapper):
         return self._normalize(obs), rewards, terminated, truncated, info
 
 
+class UnitActions(gym.ActionWrapper):
+    """Present the action space as [-1, 1]^d: a ↦ low + (clip(a, −1, 1) + 1)(high − low)/2.
+
+    Clipping first lets unbounded Gaussian actions through safely; tanh-squashed ones are
+    already inside. Needs finite bounds.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.action_space
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ConfigError("env.rescale_actions needs finite action bounds; set it to false")
+        self.low, self.half_range = space.low, (space.high - space.low) / 2.0
+        self.action_space = gym.spaces.Box(-1.0, 1.0, space.shape, np.float32)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        unit = np.clip(action, -1.0, 1.0)
+        return (self.low + (unit + 1.0) * self.half_range).astype(self.env.action_space.dtype)
+
+
 def unit_actions(env: gym.Env) -> gym.Env:
-    """Present the action space as [-1, 1]^d: clip there, then rescale to the env's bounds."""
-    unit = np.float32(1.0)
-    return gym.wrappers.ClipAction(gym.wrappers.RescaleAction(env, -unit, unit))
+    return UnitActions(env)
 
 
 def check_spaces(env_id: str, **kwargs) -> None:
     """Refuse tasks whose action or observation space is not a flat Box."""
     try:
         probe = gym.make(env_id, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"env '{env_id}' rejects env.kwargs {kwargs}: {exc}") from None
     except gym.error.Error as exc:
         raise ConfigError(
             f"unknown env id '{env_id}' ({exc}); list the registered ids with "

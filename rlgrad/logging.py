@@ -106,12 +106,19 @@ class WandbSink:
             config=config,
             reinit="create_new",
             settings=wandb.Settings(
-                console="off",
+                console="off",  # no stdout/stderr wrapping
                 silent=True,
-                save_code=False,
+                x_disable_stats=True,  # no system-metrics process
+                x_disable_meta=True,
+                x_disable_machine_info=True,
                 disable_git=True,
-                x_disable_stats=True,
-                init_timeout=90,
+                disable_code=True,
+                save_code=False,
+                x_save_requirements=False,  # the slowest part of an offline init
+                init_timeout=60.0,
+                x_service_wait=60.0,
+                finish_timeout=60.0,  # online: never wait forever for uploads
+                x_transaction_log_flush_interval=5.0,  # a killed run loses at most ~5 s
             ),
         )
         self.run.define_metric("global_step")

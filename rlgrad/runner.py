@@ -131,6 +131,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
         cfg.agent, env_spec(envs), learner, envs.num_envs, cfg.total_steps
     )
     logger = build_logger(cfg, run_dir, quiet)
+    diagnose = getattr(agent, "diagnose", None)
 
     def run_eval(step: int, index: int) -> np.ndarray:
         seed = cfg.seed + EVAL_SEED_OFFSET + index * cfg.eval.episodes
@@ -163,7 +164,12 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
             for episode in episode_metrics(info):
                 logger.log(episode, global_step)
 
+            updates_before = getattr(agent, "updates", 0)
             latest = agent.update(global_step) or latest
+            if diagnose is not None and _crossed(
+                updates_before, agent.updates, cfg.diagnostics.interval
+            ):
+                logger.log({k: float(v) for k, v in diagnose(cfg.diagnostics).items()}, global_step)
             if _crossed(before, global_step, cfg.logging.interval) and latest:
                 metrics = {k: float(v) for k, v in latest.items()}
                 metrics["charts/sps"] = global_step / (time.perf_counter() - start)

@@ -1,0 +1,225 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) with the clipped surrogate objective.
+
+Defaults are Stable-Baselines3's PPO, so the two can be compared on the same work: separate
+64-64 tanh policy and value networks with orthogonal initialisation (gains √2, 0.01 for the
+policy mean, 1 for the value), a diagonal Gaussian policy with a state-independent log σ
+(initialised at 0), one Adam optimiser (eps 1e-5) over both networks.
+
+Every ``n_steps`` vector steps the rollout of ``n_steps × n_envs`` transitions is turned into
+GAE(λ) advantages Â and TD(λ) returns R (truncations and the rollout boundary bootstrap from
+V of the true next observation, terminations do not: see ``rlgrad.rollout``); log π_old and
+V_old are recomputed in one batched call (the policy has not changed since it acted). Then
+``n_epochs`` epochs of minibatches of ``batch_size``, each one step on
+
+    loss = L_clip + vf_coef · L_V − ent_coef · mean H[π]
+    L_clip = −mean min(ρ Â, clip(ρ, 1 − ε, 1 + ε) Â),   ρ = π(a|s) / π_old(a|s)
+    L_V = mean (R − V̂)²,  V̂ = V(s), or V_old + clip(V(s) − V_old, ±clip_range_vf) (SB3's form)
+
+with Â standardised per minibatch and the gradient norm clipped at ``max_grad_norm``. Logged:
+``losses/policy``, ``losses/value``, ``losses/entropy``, ``losses/approx_kl`` (the estimator
+mean((ρ − 1) − log ρ), as SB3), ``losses/clip_fraction`` (share of |ρ − 1| > ε), all averaged
+over the update's minibatches, and ``losses/explained_variance``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rlgrad.agents.reinforce import GaussianPolicy, ValueFunction
+from rlgrad.config import AgentConfig
+from rlgrad.envs import EnvSpec
+from rlgrad.learner import Learner
+from rlgrad.rollout import RolloutBuffer, gae
+
+
+class Config(AgentConfig):
+    name: Literal["ppo"] = "ppo"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
+    learning_rate: float = Field(3e-4, gt=0)
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over ``total_steps`` (SB3's default is constant)."""
+    n_steps: int = Field(2048, gt=0)
+    """Vector-env steps per rollout (per env)."""
+    batch_size: int = Field(64, gt=0)
+    n_epochs: int = Field(10, gt=0)
+    gamma: float = Field(0.99, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_vf: float | None = Field(None, gt=0)
+    normalize_advantage: bool = True
+    ent_coef: float = Field(0.0, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float | None = Field(0.5, gt=0)
+    target_kl: float | None = Field(None, gt=0)
+    """Stop the update's epochs once approx-KL exceeds 1.5 × target_kl (costs a host sync)."""
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(−mean min(ρ Â, clip(ρ, 1 ± ε) Â), fraction of samples with |ρ − 1| > ε)."""
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
+    loss = -torch.min(unclipped, clipped).mean()
+    clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+    return loss, clip_fraction
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    clip_range_vf: float | None,
+) -> torch.Tensor:
+    """mean (R − V̂)², V̂ clipped to within ``clip_range_vf`` of V_old when it is set."""
+    if clip_range_vf is not None:
+        values = old_values + (values - old_values).clamp(-clip_range_vf, clip_range_vf)
+    return (returns - values).pow(2).mean()
+
+
+class Agent:
+    def __init__(
+        self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int = 0
+    ):
+        self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
+        self.total_steps = total_steps
+        device = learner.device
+        self.policy = GaussianPolicy(
+            spec.obs_dim,
+            spec.act_dim,
+            cfg.hidden_sizes,
+            cfg.activation,
+            cfg.log_std_init,
+            cfg.ortho_init,
+        ).to(device)
+        self.value = ValueFunction(
+            spec.obs_dim, cfg.hidden_sizes, cfg.activation, cfg.ortho_init
+        ).to(device)
+        params = [*self.policy.parameters(), *self.value.parameters()]
+        learner.add_optimizer("ppo", params, cfg.learning_rate, eps=1e-5)
+        self.buffer = RolloutBuffer(cfg.n_steps, n_envs, spec.obs_dim, spec.act_dim, device)
+        self.updates = 0
+
+    # ---- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
+        return self.policy(obs).sample()
+
+    @torch.no_grad()
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs).mode
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+
+    # ---- learning -----------------------------------------------------------------------
+    def update(self, global_step: int) -> dict[str, torch.Tensor]:
+        if not self.buffer.full:
+            return {}
+        cfg, buf = self.cfg, self.buffer
+        if cfg.anneal_lr and self.total_steps > 0:
+            # The first update uses the full rate, the last one rate / n_updates (CleanRL).
+            frac = max(1.0 - (global_step - buf.size) / self.total_steps, 0.0)
+            self.learner.set_lr("ppo", frac * cfg.learning_rate)
+
+        obs, actions = buf.flat("obs"), buf.flat("actions")
+        shape = (buf.n_steps, buf.n_envs)
+        with torch.no_grad():
+            old_log_prob = self.policy(obs).log_prob(actions)
+            values = self.value(obs).view(shape)
+            next_values = self.value(buf.flat("next_obs")).view(shape)
+        advantages, returns = gae(
+            buf.rewards,
+            values,
+            next_values,
+            buf.terminated,
+            buf.truncated,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+        old_values = values.reshape(-1)
+        advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+
+        sums = {
+            k: torch.zeros((), device=obs.device)
+            for k in ("policy", "value", "entropy", "approx_kl", "clip_fraction")
+        }
+        n_minibatches, stop = 0, False
+        for _ in range(cfg.n_epochs):
+            batches = buf.minibatches(
+                cfg.batch_size, obs, actions, old_log_prob, old_values, advantages, returns
+            )
+            for minibatch in batches:
+                loss, stats = self.minibatch_loss(*minibatch)
+                # As SB3: stop before a step that would move the policy too far from π_old.
+                if cfg.target_kl is not None and float(stats["approx_kl"]) > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+                self.learner.step("ppo", loss, max_grad_norm=cfg.max_grad_norm)
+                for k, v in stats.items():
+                    sums[k] += v
+                n_minibatches += 1
+            if stop:
+                break
+
+        residual_var = (returns - old_values).var()
+        metrics = {f"losses/{k}": v / max(n_minibatches, 1) for k, v in sums.items()}
+        metrics["losses/explained_variance"] = 1.0 - residual_var / returns.var().clamp_min(1e-8)
+        metrics["losses/std"] = self.policy.log_std.detach().exp().mean()
+        metrics["charts/learning_rate"] = torch.tensor(
+            self.learner.optimizers["ppo"].param_groups[0]["lr"]
+        )
+        self.buffer.reset()
+        self.updates += 1
+        return metrics
+
+    def minibatch_loss(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The PPO loss on one minibatch, and its detached parts for logging."""
+        cfg = self.cfg
+        if cfg.normalize_advantage and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy = self.policy(obs)
+        log_ratio = policy.log_prob(actions) - old_log_prob
+        ratio = log_ratio.exp()
+        pg_loss, clip_fraction = clipped_surrogate(ratio, advantages, cfg.clip_range)
+        v_loss = value_loss(self.value(obs), old_values, returns, cfg.clip_range_vf)
+        entropy = policy.entropy().mean()
+        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+        with torch.no_grad():
+            approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        return loss, {
+            "policy": pg_loss.detach(),
+            "value": v_loss.detach(),
+            "entropy": entropy.detach(),
+            "approx_kl": approx_kl,
+            "clip_fraction": clip_fraction,
+        }
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "value": self.value.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.updates = int(state["updates"])

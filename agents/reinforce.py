@@ -1,0 +1,304 @@
+"""REINFORCE (Williams 1992): the Monte Carlo score-function policy gradient, with a baseline.
+
+Policy: a diagonal Gaussian πθ(a|s) = N(μθ(s), diag σ²) with a state-independent log σ (a free
+parameter); actions are sampled unclipped and the env clips them to [−1, 1]^d.
+
+Every ``n_steps`` vector steps the agent makes one policy update on the rollout:
+
+    loss(θ) = −mean_t [ log πθ(a_t|s_t) · Â_t ] − ent_coef · mean_t H[πθ(·|s_t)]
+
+whose gradient is the score-function estimate −mean_t ∇θ log πθ(a_t|s_t) Â_t (Â_t held fixed).
+The advantage Â_t depends on ``baseline``:
+
+* ``none``:  Â_t = Ĝ_t, the discounted reward-to-go;
+* ``mean``:  Â_t = Ĝ_t − b, b an exponential moving average of the mean Ĝ of earlier rollouts
+  (the first rollout uses its own mean); b does not depend on the current actions, so the
+  estimate stays unbiased from the second update on;
+* ``value``: Â_t = Ĝ_t − V(s_t), V a learned state value (its own optimiser ``value``, fitted to
+  Ĝ by ``value_epochs`` epochs of minibatch regression after each policy update);
+* ``gae``:   Â_t = GAE(λ) advantages from the same V (``gae_lambda``); V is fitted to the TD(λ)
+  returns Â + V.
+
+Returns and episode ends (see ``rlgrad.rollout``): a termination ends Ĝ. With a value function
+(``value``, ``gae``) a time-limit truncation and an episode still running at the end of the
+rollout are bootstrapped with V(s') of the true next observation. Without one (``none``,
+``mean``) they are cut there: a truncated episode's return is the rewards it received, and the
+unfinished tail of the rollout counts only the rewards seen so far (biased low near the
+boundary) unless ``drop_incomplete`` gives those steps weight zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from rlgrad.config import AgentConfig
+from rlgrad.distributions import Gaussian
+from rlgrad.envs import EnvSpec
+from rlgrad.learner import Learner
+from rlgrad.networks import ACTIVATIONS
+from rlgrad.rollout import RolloutBuffer, complete_episodes, discounted_returns, gae
+
+
+class Config(AgentConfig):
+    name: Literal["reinforce"] = "reinforce"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
+    learning_rate: float = Field(1e-3, gt=0)
+    """Adam step size of the policy."""
+    n_steps: int = Field(1024, gt=0)
+    """Vector-env steps per rollout (per env); one policy update per rollout."""
+    gamma: float = Field(0.99, ge=0, le=1)
+    baseline: Literal["none", "mean", "value", "gae"] = "value"
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    mean_baseline_decay: float = Field(0.9, ge=0, lt=1)
+    """b ← decay · b + (1 − decay) · mean Ĝ of the rollout, for ``baseline=mean``."""
+    value_learning_rate: float = Field(1e-3, gt=0)
+    value_epochs: int = Field(5, gt=0)
+    value_batch_size: int = Field(256, gt=0)
+    advantage_normalization: Literal["standardize", "scale", "none"] = "standardize"
+    """``standardize``: (Â − mean) / std over the rollout; ``scale``: Â / std only (keeps the
+    baseline the only centring, for comparing baselines at one step size); ``none``."""
+    ent_coef: float = Field(0.0, ge=0)
+    anneal_lr: bool = False
+    """Decay both learning rates linearly to 0 over ``total_steps``."""
+    drop_incomplete: bool = False
+    """Without a value function: give zero weight to steps of episodes unfinished at the end
+    of the rollout instead of cutting their return there."""
+    max_grad_norm: float | None = Field(None, gt=0)
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+
+
+def layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
+    """Orthogonal weights with ``gain``, zero bias (as Stable-Baselines3 and CleanRL)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp_head(
+    sizes: list[int], activation: str, out_dim: int, out_gain: float, ortho: bool
+) -> nn.Sequential:
+    """Hidden layers of ``sizes`` (gain √2) then a linear output of ``out_dim`` (``out_gain``)."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        linear = nn.Linear(n_in, n_out)
+        layers += [layer_init(linear, math.sqrt(2)) if ortho else linear, ACTIVATIONS[activation]()]
+    head = nn.Linear(sizes[-1], out_dim)
+    layers.append(layer_init(head, out_gain) if ortho else head)
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """s ↦ N(μ(s), diag exp(log σ)²), log σ a state-independent parameter."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: list[int],
+        activation: str,
+        log_std_init: float,
+        ortho: bool,
+    ):
+        super().__init__()
+        self.mean = mlp_head([obs_dim, *hidden], activation, act_dim, 0.01, ortho)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+
+    def forward(self, obs: torch.Tensor) -> Gaussian:
+        return Gaussian.from_log_std(self.mean(obs), self.log_std)
+
+
+class ValueFunction(nn.Module):
+    """s ↦ V(s), a scalar per state: (B, obs_dim) ↦ (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: list[int], activation: str, ortho: bool):
+        super().__init__()
+        self.net = mlp_head([obs_dim, *hidden], activation, 1, 1.0, ortho)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def policy_gradient_loss(
+    log_prob: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """−mean_t log π(a_t|s_t) Â_t (a weighted mean when ``weights`` are given); Â is detached."""
+    terms = log_prob * advantages.detach()
+    if weights is None:
+        return -terms.mean()
+    return -(terms * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def normalize(
+    x: torch.Tensor, weights: torch.Tensor | None = None, center: bool = True
+) -> torch.Tensor:
+    """(x − mean) / (std + 1e-8), or x / (std + 1e-8) when not ``center``; the moments are
+    taken over the entries with nonzero weight."""
+    if weights is None:
+        mean, std = x.mean(), x.std()
+    else:
+        n = weights.sum().clamp_min(2.0)
+        mean = (x * weights).sum() / n
+        std = (((x - mean).pow(2) * weights).sum() / (n - 1)).sqrt()
+    return ((x - mean) if center else x) / (std + 1e-8)
+
+
+class Agent:
+    def __init__(
+        self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int = 0
+    ):
+        self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
+        self.total_steps = total_steps
+        device = learner.device
+        self.policy = GaussianPolicy(
+            spec.obs_dim,
+            spec.act_dim,
+            cfg.hidden_sizes,
+            cfg.activation,
+            cfg.log_std_init,
+            cfg.ortho_init,
+        ).to(device)
+        learner.add_optimizer("policy", self.policy.parameters(), cfg.learning_rate)
+        self.uses_value = cfg.baseline in ("value", "gae")
+        self.value: ValueFunction | None = None
+        if self.uses_value:
+            self.value = ValueFunction(
+                spec.obs_dim, cfg.hidden_sizes, cfg.activation, cfg.ortho_init
+            ).to(device)
+            learner.add_optimizer("value", self.value.parameters(), cfg.value_learning_rate)
+        self.buffer = RolloutBuffer(cfg.n_steps, n_envs, spec.obs_dim, spec.act_dim, device)
+        self.return_mean = torch.zeros((), device=device)
+        self.return_mean_ready = False
+        self.updates = 0
+
+    # ---- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
+        return self.policy(obs).sample()
+
+    @torch.no_grad()
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs).mode
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+
+    # ---- learning -----------------------------------------------------------------------
+    def update(self, global_step: int) -> dict[str, torch.Tensor]:
+        if not self.buffer.full:
+            return {}
+        cfg, buf = self.cfg, self.buffer
+        if cfg.anneal_lr and self.total_steps > 0:
+            # The first update uses the full rate, the last one rate / n_updates (CleanRL).
+            frac = max(1.0 - (global_step - buf.size) / self.total_steps, 0.0)
+            self.learner.set_lr("policy", frac * cfg.learning_rate)
+            if self.uses_value:
+                self.learner.set_lr("value", frac * cfg.value_learning_rate)
+
+        obs, next_obs = self.buffer.flat("obs"), self.buffer.flat("next_obs")
+        shape = (buf.n_steps, buf.n_envs)
+        values = next_values = None
+        if self.value is not None:
+            with torch.no_grad():
+                values = self.value(obs).view(shape)
+                next_values = self.value(next_obs).view(shape)
+        advantages, targets, weights = self.advantages(values, next_values)
+
+        # One policy-gradient step on the whole rollout.
+        adv = advantages.reshape(-1)
+        w = weights.reshape(-1) if weights is not None else None
+        if cfg.advantage_normalization != "none":
+            adv = normalize(adv, w, center=cfg.advantage_normalization == "standardize")
+        policy = self.policy(obs)
+        log_prob = policy.log_prob(self.buffer.flat("actions"))
+        pg_loss = policy_gradient_loss(log_prob, adv, w)
+        entropy = policy.entropy().mean()
+        loss = pg_loss - cfg.ent_coef * entropy
+        grad_norm = self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
+
+        metrics = {
+            "losses/policy": pg_loss.detach(),
+            "losses/entropy": entropy.detach(),
+            "losses/policy_grad_norm": grad_norm,
+            "losses/std": self.policy.log_std.detach().exp().mean(),
+            "losses/return_mean": targets.mean() if targets is not None else advantages.mean(),
+        }
+        if cfg.baseline == "mean":
+            metrics["losses/baseline"] = self.return_mean.clone()
+        if self.value is not None and targets is not None and values is not None:
+            metrics.update(self.fit_value(obs, targets.reshape(-1), values.reshape(-1)))
+        self.buffer.reset()
+        self.updates += 1
+        return metrics
+
+    def advantages(
+        self, values: torch.Tensor | None, next_values: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(Â, value targets or the returns, step weights or None), all (T, N)."""
+        cfg, buf = self.cfg, self.buffer
+        rewards, term, trunc = buf.rewards, buf.terminated, buf.truncated
+        if cfg.baseline == "gae":
+            assert values is not None and next_values is not None
+            adv, targets = gae(rewards, values, next_values, term, trunc, cfg.gamma, cfg.gae_lambda)
+            return adv, targets, None
+        returns = discounted_returns(rewards, term, trunc, cfg.gamma, next_values)
+        weights = None
+        if cfg.drop_incomplete and not self.uses_value:
+            weights = complete_episodes(term, trunc).to(returns.dtype)
+        if cfg.baseline == "value":
+            assert values is not None
+            return returns - values, returns, None
+        if cfg.baseline == "mean":
+            batch_mean = (
+                returns.mean() if weights is None else (returns * weights).sum() / weights.sum()
+            )
+            if not self.return_mean_ready:
+                self.return_mean.copy_(batch_mean)
+                self.return_mean_ready = True
+            adv = returns - self.return_mean
+            self.return_mean.lerp_(batch_mean, 1.0 - cfg.mean_baseline_decay)
+            return adv, returns, weights
+        return returns, returns, weights
+
+    def fit_value(
+        self, obs: torch.Tensor, targets: torch.Tensor, old_values: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``value_epochs`` epochs of minibatch regression of V(s) on ``targets``."""
+        assert self.value is not None
+        cfg = self.cfg
+        loss = torch.zeros((), device=obs.device)
+        for _ in range(cfg.value_epochs):
+            for mb_obs, mb_targets in self.buffer.minibatches(cfg.value_batch_size, obs, targets):
+                loss = (self.value(mb_obs) - mb_targets).pow(2).mean()
+                self.learner.step("value", loss, max_grad_norm=cfg.max_grad_norm)
+        residual_var = (targets - old_values).var()
+        return {
+            "losses/value": loss.detach(),
+            "losses/explained_variance": 1.0 - residual_var / targets.var().clamp_min(1e-8),
+        }
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "value": self.value.state_dict() if self.value is not None else None,
+            "buffer": self.buffer.state_dict(),
+            "return_mean": self.return_mean.clone(),
+            "return_mean_ready": self.return_mean_ready,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if self.value is not None:
+            self.value.load_state_dict(state["value"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.return_mean.copy_(state["return_mean"])
+        self.return_mean_ready = bool(state["return_mean_ready"])
+        self.updates = int(state["updates"])
