@@ -38,6 +38,11 @@ class TrainResult:
     eval_return_std: float
 
 
+def eval_seed(run_seed: int, index: int) -> int:
+    """Seed of the ``index``-th evaluation: fresh episodes, unrelated across run seeds."""
+    return int(np.random.SeedSequence([EVAL_SEED_OFFSET, run_seed, index]).generate_state(1)[0])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -134,7 +139,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
     diagnose = getattr(agent, "diagnose", None)
 
     def run_eval(step: int, index: int) -> np.ndarray:
-        seed = cfg.seed + EVAL_SEED_OFFSET + index * cfg.eval.episodes
+        seed = eval_seed(cfg.seed, index)
         returns = evaluate(agent, eval_envs, device, seed, cfg.eval.deterministic, step)
         logger.log(
             {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())},
