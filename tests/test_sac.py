@@ -24,10 +24,11 @@ RANDOM_POLICY_FAILS_BELOW = -8.0
 
 
 class UniformRandomPolicy:
-    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, global_step: int = 0) -> torch.Tensor:
         return torch.rand(obs.shape[0], 1) * 2 - 1
 
-    act_deterministic = act
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.act(obs)
 
 
 @pytest.mark.slow
