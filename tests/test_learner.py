@@ -1,0 +1,56 @@
+"""The learner: non-finite losses and gradients are never applied; clipping; device choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlgrad.config import LearnerConfig
+from rlgrad.learner import Learner, NonFiniteError, resolve_device
+
+
+def _learner(**cfg) -> tuple[Learner, torch.nn.Linear]:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    learner = Learner(LearnerConfig(device="cpu", **cfg))
+    learner.add_optimizer("net", net.parameters(), lr=0.1)
+    return learner, net
+
+
+def test_nan_loss_is_skipped_and_counted_then_the_run_stops():
+    learner, net = _learner(max_nonfinite=3)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.randn(4, 3)
+    for i in range(2):
+        with pytest.warns(RuntimeWarning, match="loss 'net'"):
+            learner.step("net", net(x).mean() * torch.tensor(float("nan")))
+        assert learner.nonfinite_skips == i + 1
+    for b, p in zip(before, net.parameters(), strict=True):
+        assert torch.equal(b, p)
+    assert not learner.optimizers["net"].state  # Adam's moments were never touched
+    learner.step("net", net(x).mean())  # a good update resets the streak
+    assert learner.consecutive_nonfinite == 0
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match="3 consecutive"):
+        for _ in range(3):
+            learner.step("net", net(x).mean() * torch.tensor(float("inf")))
+
+
+def test_gradient_norm_is_reported_before_clipping_and_grads_are_clipped():
+    learner, net = _learner(max_grad_norm=0.01)
+    x = torch.randn(16, 3) * 10
+    loss = net(x).pow(2).mean()
+    expected = torch.nn.utils.get_total_norm(
+        torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+    )
+    norm = learner.step("net", loss)
+    assert norm.item() == pytest.approx(expected.item(), rel=1e-6)
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()])
+    assert clipped.item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_device_auto_is_cpu_without_cuda_and_cuda_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the CPU fallback cannot be observed here")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        resolve_device("cuda")
