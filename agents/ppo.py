@@ -32,7 +32,7 @@ from rlgrad.agents.reinforce import GaussianPolicy, ValueFunction
 from rlgrad.config import AgentConfig
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
-from rlgrad.rollout import RolloutBuffer, gae
+from rlgrad.rollout import RolloutBuffer
 
 
 class Config(AgentConfig):
@@ -129,22 +129,11 @@ class Agent:
             self.learner.set_lr("ppo", frac * cfg.learning_rate)
 
         obs, actions = buf.flat("obs"), buf.flat("actions")
-        shape = (buf.n_steps, buf.n_envs)
         with torch.no_grad():
             old_log_prob = self.policy(obs).log_prob(actions)
-            values = self.value(obs).view(shape)
-            next_values = self.value(buf.flat("next_obs")).view(shape)
-        advantages, returns = gae(
-            buf.rewards,
-            values,
-            next_values,
-            buf.terminated,
-            buf.truncated,
-            cfg.gamma,
-            cfg.gae_lambda,
-        )
-        old_values = values.reshape(-1)
-        advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+            old_values = self.value(obs)
+            next_values = self.value(buf.flat("next_obs"))
+        advantages, returns = buf.compute_gae(old_values, next_values, cfg.gamma, cfg.gae_lambda)
 
         sums = {
             k: torch.zeros((), device=obs.device)

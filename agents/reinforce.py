@@ -41,7 +41,7 @@ from rlgrad.distributions import Gaussian
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
 from rlgrad.networks import ACTIVATIONS
-from rlgrad.rollout import RolloutBuffer, complete_episodes, discounted_returns, gae
+from rlgrad.rollout import RolloutBuffer
 
 
 class Config(AgentConfig):
@@ -201,23 +201,20 @@ class Agent:
             if self.uses_value:
                 self.learner.set_lr("value", frac * cfg.value_learning_rate)
 
-        obs, next_obs = self.buffer.flat("obs"), self.buffer.flat("next_obs")
-        shape = (buf.n_steps, buf.n_envs)
+        obs = buf.flat("obs")
         values = next_values = None
         if self.value is not None:
             with torch.no_grad():
-                values = self.value(obs).view(shape)
-                next_values = self.value(next_obs).view(shape)
-        advantages, targets, weights = self.advantages(values, next_values)
+                values, next_values = self.value(obs), self.value(buf.flat("next_obs"))
+        advantages, returns, weights = self.advantages(values, next_values)
 
         # One policy-gradient step on the whole rollout.
-        adv = advantages.reshape(-1)
-        w = weights.reshape(-1) if weights is not None else None
+        adv = advantages
         if cfg.advantage_normalization != "none":
-            adv = normalize(adv, w, center=cfg.advantage_normalization == "standardize")
+            adv = normalize(adv, weights, center=cfg.advantage_normalization == "standardize")
         policy = self.policy(obs)
-        log_prob = policy.log_prob(self.buffer.flat("actions"))
-        pg_loss = policy_gradient_loss(log_prob, adv, w)
+        log_prob = policy.log_prob(buf.flat("actions"))
+        pg_loss = policy_gradient_loss(log_prob, adv, weights)
         entropy = policy.entropy().mean()
         loss = pg_loss - cfg.ent_coef * entropy
         grad_norm = self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
@@ -227,38 +224,38 @@ class Agent:
             "losses/entropy": entropy.detach(),
             "losses/policy_grad_norm": grad_norm,
             "losses/std": self.policy.log_std.detach().exp().mean(),
-            "losses/return_mean": targets.mean() if targets is not None else advantages.mean(),
+            "losses/return_mean": returns.mean(),
         }
         if cfg.baseline == "mean":
             metrics["losses/baseline"] = self.return_mean.clone()
-        if self.value is not None and targets is not None and values is not None:
-            metrics.update(self.fit_value(obs, targets.reshape(-1), values.reshape(-1)))
+        if values is not None:
+            metrics.update(self.fit_value(obs, returns, values))
         self.buffer.reset()
         self.updates += 1
         return metrics
 
     def advantages(
         self, values: torch.Tensor | None, next_values: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(Â, value targets or the returns, step weights or None), all (T, N)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(Â, the returns V is fitted to, step weights or None), flat over the rollout.
+
+        ``values``/``next_values``: V of the stored obs / next_obs, when there is a V."""
         cfg, buf = self.cfg, self.buffer
-        rewards, term, trunc = buf.rewards, buf.terminated, buf.truncated
         if cfg.baseline == "gae":
             assert values is not None and next_values is not None
-            adv, targets = gae(rewards, values, next_values, term, trunc, cfg.gamma, cfg.gae_lambda)
-            return adv, targets, None
-        returns = discounted_returns(rewards, term, trunc, cfg.gamma, next_values)
-        weights = None
-        if cfg.drop_incomplete and not self.uses_value:
-            weights = complete_episodes(term, trunc).to(returns.dtype)
+            return (*buf.compute_gae(values, next_values, cfg.gamma, cfg.gae_lambda), None)
+        returns = buf.compute_returns(cfg.gamma, next_values)
         if cfg.baseline == "value":
             assert values is not None
             return returns - values, returns, None
+        weights = None
+        if cfg.drop_incomplete:
+            weights = buf.complete_episodes().to(returns.dtype)
         if cfg.baseline == "mean":
             batch_mean = (
                 returns.mean() if weights is None else (returns * weights).sum() / weights.sum()
             )
-            if not self.return_mean_ready:
+            if not self.return_mean_ready:  # the first rollout: its own mean
                 self.return_mean.copy_(batch_mean)
                 self.return_mean_ready = True
             adv = returns - self.return_mean

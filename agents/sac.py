@@ -265,7 +265,7 @@ class Agent:
             ref = diagnostics.batch_gradient(self.actor, reference[name])
             flat = diagnostics.flatten(grads)
             stats = diagnostics.gradient_statistics(flat, ref)
-            means[name] = flat.double().mean(0)
+            means[name] = flat.mean(0).double()
             metrics.update(diagnostics.prefixed(f"grad/{name}", stats))
             if cfg.per_layer:
                 layers = diagnostics.per_layer_statistics(grads)

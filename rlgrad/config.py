@@ -86,7 +86,7 @@ class DiagnosticsConfig(Section):
     """Updates between two gradient-variance measurements; 0 turns them off."""
     batch: int | None = Field(None, gt=1)
     """Samples per measurement; None takes the agent's batch."""
-    reference_batch: int = Field(4096, gt=1)
+    reference_batch: int = Field(1024, gt=1)
     per_layer: bool = False
 
 

@@ -75,7 +75,11 @@ def discounted_returns(
     not_terminated = (~terminated).to(rewards.dtype)
     cut = (terminated | truncated).to(rewards.dtype)
     cut[-1] = 1.0
-    bootstrap = cut * next_values if next_values is not None else torch.zeros_like(rewards)
+    bootstrap = (
+        torch.where(cut.bool(), next_values, 0.0)
+        if next_values is not None
+        else torch.zeros_like(rewards)
+    )
     # Ĝ_t = r_t + γ(1 − term_t)(B_t + (1 − cut_t) Ĝ_{t+1}), B_t already zero where not cut.
     carry = gamma * not_terminated
     keep = 1.0 - cut
@@ -89,8 +93,8 @@ def discounted_returns(
 
 def complete_episodes(terminated: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     """(T, N) bool: True where the step's episode ends (either way) within the rollout."""
-    done = terminated | truncated
-    return done.flip(0).cummax(0).values.flip(0)
+    done = (terminated | truncated).to(torch.uint8)  # cummax over bool is not on every device
+    return done.flip(0).cummax(0).values.flip(0).bool()
 
 
 class RolloutBuffer:
@@ -159,6 +163,45 @@ class RolloutBuffer:
         """A stored field with (time, env) flattened into one batch dimension (a view)."""
         store = getattr(self, name)[: self.pos]
         return store.reshape(self.pos * self.n_envs, *store.shape[2:])
+
+    def compute_gae(
+        self, values: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gae`` over the stored steps; ``values`` = V(obs) and ``next_values`` = V(next_obs),
+        flat or (pos, n_envs). Returns flat advantages and TD(λ) returns."""
+        advantages, returns = gae(
+            self.rewards[: self.pos],
+            self._grid(values),
+            self._grid(next_values),
+            self.terminated[: self.pos],
+            self.truncated[: self.pos],
+            gamma,
+            lam,
+        )
+        return advantages.reshape(-1), returns.reshape(-1)
+
+    def compute_returns(
+        self, gamma: float, next_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``discounted_returns`` over the stored steps, flat; bootstrapped with
+        ``next_values`` = V(next_obs) when given."""
+        returns = discounted_returns(
+            self.rewards[: self.pos],
+            self.terminated[: self.pos],
+            self.truncated[: self.pos],
+            gamma,
+            None if next_values is None else self._grid(next_values),
+        )
+        return returns.reshape(-1)
+
+    def complete_episodes(self) -> torch.Tensor:
+        """Flat bool mask of the stored steps whose episode ends within the rollout."""
+        return complete_episodes(self.terminated[: self.pos], self.truncated[: self.pos]).reshape(
+            -1
+        )
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.pos, self.n_envs)
 
     def minibatches(
         self,
