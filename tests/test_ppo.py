@@ -93,8 +93,8 @@ def test_update_runs_epochs_of_minibatches_and_logs() -> None:
 
 
 def test_first_minibatch_is_at_old_policy() -> None:
-    """Before any step ρ = 1 exactly: approx-KL and clip fraction are 0 and the surrogate's
-    gradient is the plain policy gradient."""
+    """One epoch of one minibatch is taken at π_old itself: ρ = 1, so approx-KL and the clip
+    fraction are 0."""
     torch.manual_seed(0)
     cfg = Config(n_steps=T, batch_size=T * N, n_epochs=1, hidden_sizes=[8])
     agent = Agent(cfg, EnvSpec(OBS, ACT), RecordingLearner(), N)
