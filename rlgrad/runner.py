@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from rlgrad.logging import (
 )
 
 EVAL_SEED_OFFSET = 1_000_003
+RESULT_FILE = "result.json"
 
 
 @dataclass
@@ -193,7 +196,27 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
         logger.close()
         envs.close()
         eval_envs.close()
-    return TrainResult(run_dir, global_step, float(returns.mean()), float(returns.std()))
+    result = TrainResult(run_dir, global_step, float(returns.mean()), float(returns.std()))
+    write_result(result)
+    return result
+
+
+def write_result(result: TrainResult) -> Path:
+    """``result.json``: written last and atomically, so its presence marks a finished run."""
+    path = result.run_dir / RESULT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "global_step": result.global_step,
+                "eval_return_mean": result.eval_return_mean,
+                "eval_return_std": result.eval_return_std,
+            }
+        )
+        + "\n"
+    )
+    os.replace(tmp, path)
+    return path
 
 
 def save_run_checkpoint(
