@@ -8,7 +8,11 @@ observation/reward normalisation. Only Box action and observation spaces are acc
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from rlgrad import toy_envs
 from rlgrad.config import ConfigError, EnvConfig
+from rlgrad.env_state import EpisodeRecorder
 
 toy_envs.register()
 
@@ -109,12 +114,42 @@ def unit_actions(env: gym.Env) -> gym.Env:
     return UnitActions(env)
 
 
+@contextlib.contextmanager
+def _quiet_probe() -> Iterator[None]:
+    """Silence Python warnings (e.g. a deprecated env id, whose error says it all) and MuJoCo's
+    model-compiler warnings, which MuJoCo prints straight to the process's stderr: a refused
+    config must print exactly one line."""
+    try:
+        import mujoco
+    except ImportError:
+        mujoco = None
+    previous = mujoco.get_mju_user_warning() if mujoco is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mujoco is not None:
+            mujoco.set_mju_user_warning(lambda text: warnings.warn(text, stacklevel=1))
+        try:
+            yield
+        finally:
+            if mujoco is not None:
+                mujoco.set_mju_user_warning(previous)
+
+
 def check_spaces(env_id: str, **kwargs) -> None:
     """Refuse tasks whose action or observation space is not a flat Box."""
     try:
-        probe = gym.make(env_id, **kwargs)
+        with _quiet_probe():
+            probe = gym.make(env_id, **kwargs)
     except TypeError as exc:
-        raise ConfigError(f"env '{env_id}' rejects env.kwargs {kwargs}: {exc}") from None
+        raise ConfigError(
+            f"env '{env_id}' rejects env.kwargs {kwargs}: {exc}; fix or remove those env.kwargs"
+        ) from None
+    except gym.error.DependencyNotInstalled as exc:
+        reason = " ".join(str(exc).split())
+        hint = "" if "pip install" in reason else "; install the package it names and rerun"
+        raise ConfigError(
+            f"env '{env_id}' needs a package that is not installed: {reason}{hint}"
+        ) from None
     except gym.error.Error as exc:
         raise ConfigError(
             f"unknown env id '{env_id}' ({exc}); list the registered ids with "
@@ -127,11 +162,13 @@ def check_spaces(env_id: str, **kwargs) -> None:
     if not isinstance(action_space, gym.spaces.Box):
         raise ConfigError(
             f"env '{env_id}' has a {type(action_space).__name__} action space; rlgrad's policies "
-            "are Gaussian and need a continuous (Box) action space"
+            "are Gaussian and need a continuous (Box) action space: choose a continuous-control "
+            "env, e.g. env.id=Pendulum-v1 or env.id=HalfCheetah-v5"
         )
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ConfigError(
-            f"env '{env_id}' has observation space {obs_space}; rlgrad needs a flat Box"
+            f"env '{env_id}' has observation space {obs_space}; rlgrad needs a flat Box: "
+            "choose an env with vector observations, e.g. env.id=Pendulum-v1"
         )
 
 
@@ -142,11 +179,15 @@ def make_env(
     n_envs: int | None = None,
     obs_stats: RunningMeanStd | None = None,
     training: bool = True,
+    extra_wrappers: Sequence[Callable[[gym.Env], gym.Env]] = (),
+    **make_kwargs: Any,
 ) -> VectorEnv:
     """The vector env a config describes; reset it with ``seed`` (sub-env i gets ``seed + i``).
 
     ``obs_stats`` shares observation-normalisation statistics (an evaluation env passes the
     training env's and ``training=False`` so that it neither updates them nor normalises rewards).
+    ``extra_wrappers`` wrap each sub-env outermost (e.g. video recording); ``make_kwargs`` go
+    to ``gym.make`` beside ``env.kwargs`` (e.g. ``render_mode``).
     """
     check_spaces(cfg.id, **cfg.kwargs)
     n = n_envs or cfg.n_envs
@@ -155,8 +196,13 @@ def make_env(
         num_envs=n,
         vectorization_mode=cfg.vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=[unit_actions] if cfg.rescale_actions else [],
+        wrappers=[
+            EpisodeRecorder,
+            *([unit_actions] if cfg.rescale_actions else []),
+            *extra_wrappers,
+        ],
         **cfg.kwargs,
+        **make_kwargs,
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     if cfg.normalize_obs:

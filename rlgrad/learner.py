@@ -36,7 +36,9 @@ class Learner:
         self.device = resolve_device(self.cfg.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.nonfinite_skips = 0
-        self.consecutive_nonfinite = 0
+        # Consecutive skips per loss: a critic that is NaN every step must stop the run even
+        # while the actor's loss, which does not see rewards, stays finite.
+        self.consecutive: dict[str, int] = {}
 
     def add_optimizer(
         self, name: str, params: Iterable[torch.nn.Parameter], lr: float, **adam_kwargs
@@ -77,7 +79,7 @@ class Learner:
             self._skip(name, loss)
             optimizer.zero_grad(set_to_none=True)
             return norm
-        self.consecutive_nonfinite = 0
+        self.consecutive[name] = 0
         clip = max_grad_norm if max_grad_norm is not None else self.cfg.max_grad_norm
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
@@ -86,18 +88,18 @@ class Learner:
 
     def _skip(self, name: str, loss: torch.Tensor) -> None:
         self.nonfinite_skips += 1
-        self.consecutive_nonfinite += 1
+        self.consecutive[name] = self.consecutive.get(name, 0) + 1
         value = float(loss.detach())
         what = "loss" if not math.isfinite(value) else "gradient"
         warnings.warn(
             f"non-finite {what} in loss '{name}' (loss={value}); update skipped "
-            f"({self.consecutive_nonfinite} in a row)",
+            f"({self.consecutive[name]} in a row)",
             RuntimeWarning,
             stacklevel=3,
         )
-        if self.consecutive_nonfinite >= self.cfg.max_nonfinite:
+        if self.consecutive[name] >= self.cfg.max_nonfinite:
             raise NonFiniteError(
-                f"{self.consecutive_nonfinite} consecutive non-finite updates (last in loss "
+                f"{self.consecutive[name]} consecutive non-finite updates (last in loss "
                 f"'{name}'); stopping; check rewards and observations for NaN, or lower the lr"
             )
 
@@ -105,11 +107,11 @@ class Learner:
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "nonfinite_skips": self.nonfinite_skips,
-            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "consecutive": dict(self.consecutive),
         }
 
     def load_state_dict(self, state: dict) -> None:
         for name, opt_state in state["optimizers"].items():
             self.optimizers[name].load_state_dict(opt_state)
         self.nonfinite_skips = int(state["nonfinite_skips"])
-        self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
+        self.consecutive = {k: int(v) for k, v in state["consecutive"].items()}

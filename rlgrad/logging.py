@@ -27,10 +27,21 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """``metrics.jsonl``: one JSON object per record, each with ``global_step``."""
+    """``metrics.jsonl``: one JSON object per record, each with ``global_step``.
 
-    def __init__(self, path: Path):
+    ``truncate_to`` (a byte offset from :meth:`position`) drops the rows a killed run wrote
+    after its last checkpoint, so that a resumed run continues without duplicates.
+    """
+
+    def __init__(self, path: Path, truncate_to: int | None = None):
+        if truncate_to is not None:
+            with open(path, "r+b") as existing:
+                existing.truncate(truncate_to)
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def position(self) -> int:
+        """Bytes written so far (every row is flushed as it is written)."""
+        return self.file.tell()
 
     def write(self, metrics: Metrics, step: int) -> None:
         row = {"global_step": step, **{k: _json_number(v) for k, v in metrics.items()}}
@@ -42,10 +53,12 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-    def __init__(self, log_dir: Path):
+    """TensorBoard event files; ``purge_step`` hides events a killed run wrote after that step."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def write(self, metrics: Metrics, step: int) -> None:
         for key, value in metrics.items():
@@ -168,6 +181,16 @@ class Logger:
             self.last_return = metrics["charts/episodic_return"]
         for sink in self.sinks:
             sink.write(metrics, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where a resumed run must pick up: the JSONL length, the W&B run id, the last return."""
+        state: dict[str, Any] = {"last_return": self.last_return}
+        for sink in self.sinks:
+            if isinstance(sink, JsonlSink):
+                state["jsonl_bytes"] = sink.position()
+            if isinstance(sink, WandbSink):
+                state["wandb_id"] = sink.run_id
+        return state
 
     def advance(self, step: int) -> None:
         if self.progress is not None:

@@ -1,12 +1,24 @@
-"""The training loop shared by every agent: collect, store, update, log, evaluate, checkpoint."""
+"""The training loop shared by every agent: collect, store, update, log, evaluate, checkpoint.
+
+A checkpoint holds everything the loop needs to go on as if it had never stopped: the agent
+(networks, targets, buffers, counters), the optimisers, every RNG state, the envs' state (see
+:mod:`rlgrad.env_state`), the loop's counters and the logger's position. ``train(...,
+resume=True)`` rebuilds the run from its ``config.yaml``, loads the latest checkpoint and
+continues: on CPU a resumed run writes the same metrics and ends with bitwise the same
+parameters as one that never stopped. SIGINT/SIGTERM save a checkpoint and stop the run with
+:class:`TrainingInterrupted`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import random
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +27,9 @@ from gymnasium.vector import VectorEnv
 
 from rlgrad.agent import Agent
 from rlgrad.agents import agent_spec
-from rlgrad.checkpoint import save_checkpoint
+from rlgrad.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlgrad.config import RunConfig, to_yaml
+from rlgrad.env_state import load_vector_env_state, vector_env_state
 from rlgrad.envs import NormalizeObservation, env_spec, find_wrapper, make_env
 from rlgrad.learner import Learner
 from rlgrad.logging import (
@@ -28,9 +41,46 @@ from rlgrad.logging import (
     WandbSink,
     resolve_wandb_mode,
 )
+from rlgrad.rng import load_rng_state, rng_state, seed_everything
 
 EVAL_SEED_OFFSET = 1_000_003
 RESULT_FILE = "result.json"
+CHECKPOINT_FILE = Path("checkpoints") / "latest.pt"
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint."""
+
+    def __init__(self, signum: int, global_step: int, checkpoint: Path, run_dir: Path):
+        self.signum, self.global_step = signum, global_step
+        self.checkpoint, self.run_dir = checkpoint, run_dir
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {global_step}; checkpoint "
+            f"saved to {checkpoint}; continue with: rlgrad train --resume {run_dir}"
+        )
+
+
+@dataclass
+class LoopState:
+    """The training loop's own position, saved in every checkpoint."""
+
+    global_step: int = 0
+    n_evals: int = 0
+    latest: dict[str, float] = field(default_factory=dict)
+    obs: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        return {
+            "global_step": self.global_step,
+            "n_evals": self.n_evals,
+            "latest": dict(self.latest),
+            "obs": self.obs.cpu(),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.global_step, self.n_evals = int(state["global_step"]), int(state["n_evals"])
+        self.latest = {k: float(v) for k, v in state["latest"].items()}
+        self.obs = state["obs"].to(device)
 
 
 @dataclass
@@ -44,12 +94,6 @@ class TrainResult:
 def eval_seed(run_seed: int, index: int) -> int:
     """Seed of the ``index``-th evaluation: fresh episodes, unrelated across run seeds."""
     return int(np.random.SeedSequence([EVAL_SEED_OFFSET, run_seed, index]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def to_tensor(
@@ -102,20 +146,85 @@ def _crossed(before: int, after: int, interval: int) -> bool:
     return interval > 0 and before // interval != after // interval
 
 
-def build_logger(cfg: RunConfig, run_dir: Path, quiet: bool) -> Logger:
-    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
+def build_logger(
+    cfg: RunConfig, run_dir: Path, quiet: bool, resume_from: dict | None = None
+) -> Logger:
+    """The sinks a config asks for; ``resume_from`` (a checkpoint's logger state) continues them."""
+    start = int(resume_from["global_step"]) if resume_from else 0
+    logger_state = resume_from["logger"] if resume_from else {}
+    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl", logger_state.get("jsonl_bytes"))]
     if cfg.logging.tensorboard:
-        sinks.append(TensorBoardSink(run_dir))
+        sinks.append(TensorBoardSink(run_dir, purge_step=start + 1 if resume_from else None))
     mode = resolve_wandb_mode(cfg.logging.wandb)
     if mode != "disabled":
         name = cfg.name or run_dir.name
-        sinks.append(WandbSink(cfg.logging, mode, run_dir, name, cfg.model_dump(mode="json")))
-    progress = None if quiet else ProgressBar(cfg.total_steps)
-    return Logger(sinks, progress)
+        sinks.append(
+            WandbSink(
+                cfg.logging,
+                mode,
+                run_dir,
+                name,
+                cfg.model_dump(mode="json"),
+                run_id=logger_state.get("wandb_id"),
+            )
+        )
+    progress = None if quiet else ProgressBar(cfg.total_steps, initial=start)
+    logger = Logger(sinks, progress)
+    logger.last_return = logger_state.get("last_return")
+    return logger
 
 
-def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
-    """Train the agent ``cfg`` names for ``cfg.total_steps`` environment steps into ``run_dir``."""
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a request the loop honours at the end of a step.
+
+    A second signal while the first is being handled stops at once (the previous checkpoint,
+    written atomically, stays intact). Outside the main thread signals cannot be caught and
+    the list stays empty.
+    """
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def check_checkpoint_matches(checkpoint: dict, cfg: RunConfig, path: Path) -> None:
+    """Refuse a checkpoint written by another agent or for another env."""
+    saved = (checkpoint.get("agent_name"), checkpoint.get("env_id"))
+    if saved != (cfg.agent.name, cfg.env.id):
+        raise CheckpointError(
+            f"{path} was written by agent {saved[0]} on {saved[1]}, but the config trains "
+            f"{cfg.agent.name} on {cfg.env.id}; resume the run directory it came from"
+        )
+
+
+def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = False) -> TrainResult:
+    """Train the agent ``cfg`` names for ``cfg.total_steps`` environment steps into ``run_dir``.
+
+    With ``resume``, continue the run in ``run_dir`` from its latest checkpoint.
+    """
+    checkpoint = None
+    if resume:
+        path = run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint ({CHECKPOINT_FILE}) to resume from; start it "
+                "again with rlgrad train CONFIG --run-dir DIR --overwrite"
+            )
+        checkpoint = load_checkpoint(path)
+        check_checkpoint_matches(checkpoint, cfg, path)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.seed)
@@ -138,67 +247,106 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False) -> TrainResult:
     agent: Agent = agent_spec(cfg.agent.name).agent(
         cfg.agent, env_spec(envs), learner, envs.num_envs, cfg.total_steps
     )
-    logger = build_logger(cfg, run_dir, quiet)
-    diagnose = getattr(agent, "diagnose", None)
+    loop = LoopState()
+    try:
+        if checkpoint is not None:
+            restore(checkpoint, agent, learner, envs, loop)
+        else:
+            obs, _ = envs.reset(seed=cfg.seed)
+            loop.obs = to_tensor(obs, device)
+        logger = build_logger(cfg, run_dir, quiet, resume_from=checkpoint)
+    except BaseException:
+        envs.close()
+        eval_envs.close()
+        raise
 
-    def run_eval(step: int, index: int) -> np.ndarray:
-        seed = eval_seed(cfg.seed, index)
+    def run_eval(step: int) -> np.ndarray:
+        seed = eval_seed(cfg.seed, loop.n_evals)
         returns = evaluate(agent, eval_envs, device, seed, cfg.eval.deterministic, step)
+        loop.n_evals += 1
         logger.log(
             {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())},
             step,
         )
         return returns
 
-    global_step, n_evals = 0, 0
-    latest: dict[str, torch.Tensor] = {}
-    start = time.perf_counter()
-    obs, _ = envs.reset(seed=cfg.seed)
-    obs_t = to_tensor(obs, device)
+    def save() -> Path:
+        return save_run_checkpoint(run_dir, cfg, agent, learner, envs, loop, logger)
+
+    diagnose = getattr(agent, "diagnose", None)
+    start_step, start_time = loop.global_step, time.perf_counter()
     try:
-        while global_step < cfg.total_steps:
-            actions = agent.act(obs_t, global_step)
-            next_obs, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
-            before, global_step = global_step, global_step + envs.num_envs
-            agent.observe(
-                obs_t,
-                actions,
-                to_tensor(rewards, device),
-                to_tensor(true_next_obs(next_obs, info), device),
-                to_tensor(terminated, device, torch.bool),
-                to_tensor(truncated, device, torch.bool),
-            )
-            obs_t = to_tensor(next_obs, device)
-            for episode in episode_metrics(info):
-                logger.log(episode, global_step)
+        with stop_requests() as stop:
+            while loop.global_step < cfg.total_steps:
+                before = loop.global_step
+                actions = agent.act(loop.obs, before)
+                next_obs, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
+                loop.global_step = step = before + envs.num_envs
+                agent.observe(
+                    loop.obs,
+                    actions,
+                    to_tensor(rewards, device),
+                    to_tensor(true_next_obs(next_obs, info), device),
+                    to_tensor(terminated, device, torch.bool),
+                    to_tensor(truncated, device, torch.bool),
+                )
+                loop.obs = to_tensor(next_obs, device)
+                for episode in episode_metrics(info):
+                    logger.log(episode, step)
 
-            updates_before = getattr(agent, "updates", 0)
-            latest = agent.update(global_step) or latest
-            if diagnose is not None and _crossed(
-                updates_before, agent.updates, cfg.diagnostics.interval
-            ):
-                logger.log({k: float(v) for k, v in diagnose(cfg.diagnostics).items()}, global_step)
-            if _crossed(before, global_step, cfg.logging.interval) and latest:
-                metrics = {k: float(v) for k, v in latest.items()}
-                metrics["charts/sps"] = global_step / (time.perf_counter() - start)
-                metrics["learner/nonfinite_skips"] = float(learner.nonfinite_skips)
-                logger.log(metrics, global_step)
-            if _crossed(before, global_step, cfg.eval.interval) and global_step < cfg.total_steps:
-                run_eval(global_step, n_evals)
-                n_evals += 1
-            if _crossed(before, global_step, cfg.checkpoint.interval):
-                save_run_checkpoint(run_dir, cfg, agent, learner, global_step)
-            logger.advance(global_step)
+                updates_before = getattr(agent, "updates", 0)
+                metrics = agent.update(step)
+                if metrics:
+                    loop.latest = {k: float(v) for k, v in metrics.items()}
+                if diagnose is not None and _crossed(
+                    updates_before, agent.updates, cfg.diagnostics.interval
+                ):
+                    logger.log({k: float(v) for k, v in diagnose(cfg.diagnostics).items()}, step)
+                if _crossed(before, step, cfg.logging.interval) and loop.latest:
+                    elapsed = time.perf_counter() - start_time
+                    logger.log(
+                        {
+                            **loop.latest,
+                            "charts/sps": (step - start_step) / elapsed,
+                            "learner/nonfinite_skips": float(learner.nonfinite_skips),
+                        },
+                        step,
+                    )
+                if _crossed(before, step, cfg.eval.interval) and step < cfg.total_steps:
+                    run_eval(step)
+                if _crossed(before, step, cfg.checkpoint.interval):
+                    save()
+                logger.advance(step)
+                if stop:
+                    raise TrainingInterrupted(stop[0], step, save(), run_dir)
 
-        returns = run_eval(global_step, n_evals)
-        save_run_checkpoint(run_dir, cfg, agent, learner, global_step)
+            returns = run_eval(loop.global_step)
+            save()
     finally:
         logger.close()
         envs.close()
         eval_envs.close()
-    result = TrainResult(run_dir, global_step, float(returns.mean()), float(returns.std()))
+    result = TrainResult(run_dir, loop.global_step, float(returns.mean()), float(returns.std()))
     write_result(result)
     return result
+
+
+def restore(
+    checkpoint: dict, agent: Agent, learner: Learner, envs: VectorEnv, loop: LoopState
+) -> None:
+    """Put a freshly built run back into the state a checkpoint describes."""
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+        learner.load_state_dict(checkpoint["learner"])
+        loop.load_state_dict(checkpoint["loop"], learner.device)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"the checkpoint does not fit this run's config ({reason}); resume with the "
+            "config the run was started with"
+        ) from None
+    load_vector_env_state(envs, checkpoint["envs"])
+    load_rng_state(checkpoint["rng"])
 
 
 def write_result(result: TrainResult) -> Path:
@@ -220,15 +368,26 @@ def write_result(result: TrainResult) -> Path:
 
 
 def save_run_checkpoint(
-    run_dir: Path, cfg: RunConfig, agent: Agent, learner: Learner, global_step: int
+    run_dir: Path,
+    cfg: RunConfig,
+    agent: Agent,
+    learner: Learner,
+    envs: VectorEnv,
+    loop: LoopState,
+    logger: Logger,
 ) -> Path:
+    """Write ``run_dir/checkpoints/latest.pt`` atomically; returns its path."""
     return save_checkpoint(
-        run_dir / "checkpoints" / "latest.pt",
+        run_dir / CHECKPOINT_FILE,
         {
             "agent_name": cfg.agent.name,
             "env_id": cfg.env.id,
-            "global_step": global_step,
+            "global_step": loop.global_step,
             "agent": agent.state_dict(),
             "learner": learner.state_dict(),
+            "envs": vector_env_state(envs),
+            "rng": rng_state(),
+            "loop": loop.state_dict(),
+            "logger": logger.state_dict(),
         },
     )

@@ -29,7 +29,7 @@ def test_nan_loss_is_skipped_and_counted_then_the_run_stops():
         assert torch.equal(b, p)
     assert not learner.optimizers["net"].state  # Adam's moments were never touched
     learner.step("net", net(x).mean())  # a good update resets the streak
-    assert learner.consecutive_nonfinite == 0
+    assert learner.consecutive == {"net": 0}
     with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match="3 consecutive"):
         for _ in range(3):
             learner.step("net", net(x).mean() * torch.tensor(float("inf")))
@@ -54,3 +54,14 @@ def test_device_auto_is_cpu_without_cuda_and_cuda_is_refused():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+def test_a_loss_that_stays_nan_stops_the_run_while_another_loss_is_finite():
+    """Skips count per loss: a NaN critic must not be hidden by a finite actor step."""
+    learner, net = _learner(max_nonfinite=3)
+    learner.add_optimizer("other", [torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    x = torch.randn(4, 3)
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match="loss 'net'"):
+        for _ in range(3):
+            learner.step("net", net(x).mean() * torch.tensor(float("nan")))
+            learner.step("other", (learner.params("other")[0] ** 2).sum() + 1.0)
