@@ -226,3 +226,23 @@ def test_resume_refuses_config_changes_other_than_total_steps(
     code, _, err = cli("train", "--resume", tmp_path, "agent.batch_size=64")
     assert code == 2
     assert_one_line_error(err, "agent.batch_size=64", "total_steps")
+
+
+def test_resumed_run_logs_to_the_same_wandb_run_id(
+    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, W&B continues the run with this id; offline it writes a second folder with it."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "run"
+    args = [a for a in SAC_ARGS if not a.startswith(("logging.wandb", "total_steps"))]
+    code, _, err = cli(
+        "train", *args, "total_steps=150", "logging.wandb=offline", "--quiet", "--run-dir", run_dir
+    )
+    assert code == 0, err
+    code, _, err = cli("train", "--resume", run_dir, "total_steps=250", "--quiet")
+    assert code == 0, err
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    run_ids = {path.name.rsplit("-", 1)[1] for path in runs}
+    assert len(run_ids) == 1
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["logger"]["wandb_id"] in run_ids
