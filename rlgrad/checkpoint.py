@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT_VERSION = 1
+RESTART_HINT = (
+    "restore an earlier copy, or start the run again with rlgrad train CONFIG --run-dir DIR "
+    "--overwrite"
+)
 
 
 class CheckpointError(RuntimeError):
@@ -50,17 +56,31 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     """Read a checkpoint written by :func:`save_checkpoint`; clear errors for bad files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling error"
         raise CheckpointError(
-            f"refusing {path}: it holds objects other than tensors and plain data ({first})"
+            f"no checkpoint at {path}; give a file written by rlgrad train "
+            "(RUN_DIR/checkpoints/latest.pt)"
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns at length before failing on odd files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        foreign = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if foreign:
+            raise CheckpointError(
+                f"refusing {path}: it holds a pickled {foreign.group(1)} object, not just "
+                "tensors and plain data; only load checkpoints written by rlgrad train"
+            ) from None
+        raise CheckpointError(
+            f"{path} is corrupt or truncated (unreadable data); {RESTART_HINT}"
         ) from None
     except Exception as exc:  # torch.load fails in many ways on a torn or foreign file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} is corrupt or truncated: {reason}") from None
+        reason = (str(exc).strip().split(". ") or [type(exc).__name__])[0].strip()
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({reason or type(exc).__name__}); {RESTART_HINT}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not an rlgrad checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path} is not an rlgrad checkpoint (format {FORMAT_VERSION}); {RESTART_HINT}"
+        )
     return state

@@ -7,9 +7,11 @@ becomes a :class:`ConfigError` whose message is one line naming the key and what
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, Union, get_origin
 
 import yaml
 from omegaconf import OmegaConf
@@ -20,12 +22,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 class ConfigError(ValueError):
     """A configuration the user must fix; its message is a single line."""
 
+    def __init__(self, message: str):
+        # A user's value can hold a line break of its own (e.g. U+2028): still one line.
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     # strict: no silent coercion (a YAML ``true`` is not batch_size 1, "5" is not 5).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
 
 class AgentConfig(Section):
@@ -68,7 +76,7 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    interval: int = Field(0, ge=0)
+    interval: int = Field(10_000, ge=0)
     """Environment steps between checkpoints; 0 saves only at the end."""
 
 
@@ -87,7 +95,13 @@ class DiagnosticsConfig(Section):
     batch: int | None = Field(None, gt=1)
     """Samples per measurement; None takes the agent's batch."""
     reference_batch: int = Field(1024, gt=1)
+    """Samples of the reference gradient that ``cosine_reference`` compares with (SAC)."""
+    reference_interval: int = Field(100, ge=0)
+    """Updates between two reference gradients (each costs about 4 updates at batch 256): the
+    first measurement at least this many updates after the last reference takes a new one and
+    logs ``cosine_reference``; 0 never computes one."""
     per_layer: bool = False
+    """Also ``<parameter>/snr`` and ``<parameter>/variance`` for each parameter tensor."""
 
 
 A = TypeVar("A", bound=AgentConfig)
@@ -121,7 +135,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"bad override {item!r}: its value is not valid YAML ({_one_line(str(exc))}); "
+                "fix or quote the value, e.g. agent.hidden_sizes=[64,64] or name='my run'"
+            ) from None
+        # ValueError: an integer of more than 4300 digits; RecursionError: [[[[…]]]] too deep.
+        except (OmegaConfBaseException, ValueError, RecursionError) as exc:
             raise ConfigError(f"bad override {item!r}: {_one_line(str(exc))}") from None
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
@@ -129,15 +149,23 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(
+            f"config file not found: {path}; pass the path of a YAML config, "
+            "e.g. configs/sac_pendulum.yaml"
+        )
     try:
         loaded = OmegaConf.load(path)
-    except (yaml.YAMLError, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot parse {path}: {_one_line(str(exc))}") from None
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, RecursionError) as exc:
+        raise ConfigError(
+            f"cannot parse {path}: {_one_line(str(exc))}; fix the YAML there"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {_one_line(str(exc))}") from None
     container = OmegaConf.to_container(loaded, resolve=False)
     if not isinstance(container, dict):
         raise ConfigError(
-            f"{path} must hold a mapping of config keys, not {type(container).__name__}"
+            f"{path} must hold a mapping of config keys, not {type(container).__name__}, "
+            "e.g. 'agent: {name: sac}' and 'total_steps: 20000' on two lines"
         )
     return container  # type: ignore[return-value]
 
@@ -147,8 +175,13 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     try:
         merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overrides))
         return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(_one_line(str(exc))) from None
+    # TypeError: a section replaced by a list (logging=[1]); RecursionError: ${…} too deep.
+    except (OmegaConfBaseException, TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(
+            f"cannot merge the overrides into the config: {_one_line(str(exc))}; an override "
+            "replaces a value of the same kind (set a section's keys one by one, e.g. "
+            "logging.interval=100), and ${...} must name an existing key"
+        ) from None
 
 
 def validate(data: dict[str, Any]) -> RunConfig:
@@ -175,24 +208,84 @@ def to_yaml(config: RunConfig) -> str:
 
 
 def _describe(exc: ValidationError, agent_cls: type[AgentConfig]) -> str:
-    """The first validation error as one line: the dotted key, what is wrong, what is valid."""
-    error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"]]
-    key = ".".join(loc)
-    if error["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1], agent_cls)
-        return f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
-    if error["type"] == "missing":
-        return f"missing config key '{key}'"
-    given = error.get("input")
-    return f"config key '{key}': {error['msg']} (got {given!r})"
+    """The first validation error as one line: the dotted key, what is wrong, what to do.
+
+    pydantic reports a value that fails a union (``float | Literal["auto"]``) once per branch,
+    with the branch's name in the location (``agent.ent_coef.float``); those errors are folded
+    into one "should be A or B" for the key itself.
+    """
+    errors = exc.errors()
+    error = errors[0]
+    parts, in_union = _key_parts(error["loc"], agent_cls)
+    key, kind, given = _dotted(parts), error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        valid = _valid_keys(parts[:-1], agent_cls)
+        close = difflib.get_close_matches(str(parts[-1]), valid, n=1)
+        hint = f" (did you mean '{_dotted([*parts[:-1], close[0]])}'?)" if close else ""
+        return f"unknown config key '{key}'{hint}; valid keys here: {', '.join(valid)}"
+    if kind == "missing":
+        return f"missing config key '{key}': add it to the config file or pass {key}=VALUE"
+    if kind in ("model_type", "model_attributes_type"):
+        valid = ", ".join(_valid_keys(parts, agent_cls))
+        return f"config key '{key}' must be a section of keys (got {given!r}); its keys: {valid}"
+    if kind == "value_error":  # a check across several keys (a model validator)
+        reason = _one_line(str(error.get("ctx", {}).get("error", error["msg"])))
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        return f"config key '{key or '<root>'}': {reason}{shown}"
+    messages = [error["msg"]]
+    if in_union:
+        messages = [e["msg"] for e in errors if _key_parts(e["loc"], agent_cls)[0] == parts]
+    messages = [_one_line(m) for m in dict.fromkeys(messages)]
+    prefix = "Input should be "
+    if all(m.startswith(prefix) for m in messages):
+        wanted = " or ".join(m.removeprefix(prefix) for m in messages)
+        return f"config key '{key}' should be {wanted} (got {given!r})"
+    return f"config key '{key}': {'; '.join(messages)} (got {given!r})"
 
 
-def _valid_keys(parent: list[str], agent_cls: type[AgentConfig]) -> list[str]:
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
+def _key_parts(
+    loc: tuple[int | str, ...], agent_cls: type[AgentConfig]
+) -> tuple[list[int | str], bool]:
+    """An error location as config-key parts without union-branch names, and whether the
+    field it ends on is a union."""
+    model: type[BaseModel] | None = RunConfig[agent_cls]  # type: ignore[valid-type]
+    annotation: Any = None
+    parts: list[int | str] = []
+    for part in loc:
+        if model is not None and part in model.model_fields:
+            annotation = model.model_fields[str(part)].annotation
+            model = annotation if _is_model(annotation) else None
+            parts.append(part)
+        elif model is None and isinstance(part, str) and _is_union(annotation):
+            continue  # the name of the union branch that failed, e.g. 'float'
+        else:
+            parts.append(part)
+    return parts, model is None and _is_union(annotation)
+
+
+def _dotted(parts: list[int | str]) -> str:
+    """``["agent", "hidden_sizes", 1]`` → ``agent.hidden_sizes[1]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _valid_keys(parent: list[int | str], agent_cls: type[AgentConfig]) -> list[str]:
     model: type[BaseModel] = RunConfig[agent_cls]  # type: ignore[valid-type]
     for part in parent:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if part not in model.model_fields:
+            return []
+        annotation = model.model_fields[str(part)].annotation
+        if not _is_model(annotation):
             return []
         model = annotation
     return sorted(model.model_fields)

@@ -206,7 +206,7 @@ def check_checkpoint_matches(checkpoint: dict, cfg: RunConfig, path: Path) -> No
     if saved != (cfg.agent.name, cfg.env.id):
         raise CheckpointError(
             f"{path} was written by agent {saved[0]} on {saved[1]}, but the config trains "
-            f"{cfg.agent.name} on {cfg.env.id}; resume the run directory it came from"
+            f"{cfg.agent.name} on {cfg.env.id}; use the run directory it came from"
         )
 
 

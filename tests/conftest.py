@@ -3,6 +3,8 @@
 * ``cli(*args)`` runs ``rlgrad.cli.main`` in-process and returns ``(exit_code, stdout, stderr)``.
 * ``train_tiny(*overrides, run_dir=…)`` runs a 300-step SAC training on Pendulum into a tmp
   run dir (``run_tiny_training`` does the same without capsys, for module-scoped fixtures).
+* ``existing_run`` is a run directory holding files; ``snapshot(dir)`` maps its files to their
+  bytes, so a test can check that a refused command left it alone.
 * torch runs single-threaded for the whole session (the test machines share their cores).
 
 W&B is *not* disabled globally (a test reads W&B offline files); the tiny training passes
@@ -109,6 +111,26 @@ def train_tiny(cli: Callable[..., CliResult], tmp_path: Path) -> Callable[..., C
         return cli(*args, *(["--overwrite"] if overwrite else []))
 
     return _train
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path → bytes)."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def existing_run(tmp_path: Path) -> Path:
+    """A directory that already holds a run (its files must survive a failed command)."""
+    run_dir = tmp_path / "existing"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("agent:\n  name: sac\ntotal_steps: 7\n")
+    (run_dir / "metrics.jsonl").write_text('{"global_step": 7, "charts/sps": 1.0}\n')
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"precious")
+    return run_dir
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:

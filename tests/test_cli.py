@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SAC_PENDULUM, CliResult, assert_one_line_error, run_tiny_training
+from conftest import (
+    SAC_PENDULUM,
+    CliResult,
+    assert_one_line_error,
+    run_tiny_training,
+    snapshot,
+)
 
 from rlgrad.checkpoint import load_checkpoint
 from rlgrad.config import load_config
@@ -34,15 +40,6 @@ def without_sps(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "charts/sps"} for row in rows]
 
 
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` (relative path → bytes)."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def seed0_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny SAC run (seed 0, training metrics every 100 steps), shared by several tests."""
@@ -50,17 +47,6 @@ def seed0_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, out, err = run_tiny_training(run_dir, "logging.interval=100")
     assert code == 0, err
     assert "done: 300 steps" in out
-    return run_dir
-
-
-@pytest.fixture
-def existing_run(tmp_path: Path) -> Path:
-    """A directory that already holds a run (its files must survive a failed command)."""
-    run_dir = tmp_path / "existing"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("agent:\n  name: sac\ntotal_steps: 7\n")
-    (run_dir / "metrics.jsonl").write_text('{"global_step": 7, "charts/sps": 1.0}\n')
-    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"precious")
     return run_dir
 
 
@@ -139,14 +125,10 @@ def test_same_seed_same_metrics_other_seed_other_metrics(seed0_run: Path, tmp_pa
 
 # ---- usage errors ----------------------------------------------------------------------------
 
+# The rows of the README's "Bad input" table (unknown key, wrong type, malformed override, unknown
+# or discrete env, total_steps <= 0, missing config file, occupied run directory, ...) are tested
+# in test_bad_input.py, one test per row; these are the other config errors.
 ERROR_CASES = {
-    "unknown_key": (["agent.batch_sise=512"], ("agent.batch_sise", "batch_size")),
-    "bad_type": (["agent.batch_size=abc"], ("agent.batch_size", "abc", "integer")),
-    "malformed_override": (["agent.lr"], ("malformed override", "'agent.lr'", "KEY=VALUE")),
-    "malformed_override_no_key": (["=3"], ("malformed override", "'=3'")),
-    "discrete_env": (["env.id=CartPole-v1"], ("CartPole-v1", "Discrete", "Box")),
-    "unknown_env": (["env.id=NoSuchEnv-v0"], ("NoSuchEnv-v0",)),
-    "zero_total_steps": (["total_steps=0"], ("total_steps", "greater than 0")),
     "unknown_agent": (["agent.name=dqn"], ("dqn", "ppo", "reinforce", "sac")),
     "bad_choice": (["learner.device=tpu"], ("learner.device", "tpu", "'cpu'")),
 }
@@ -168,35 +150,11 @@ def test_config_errors_exit_2_with_one_line(
     assert snapshot(existing_run) == before
 
 
-def test_missing_config_file(
-    cli: Callable[..., CliResult], existing_run: Path, tmp_path: Path
-) -> None:
-    before = snapshot(existing_run)
-    missing = tmp_path / "nope.yaml"
-    code, _, err = cli("train", missing, "--run-dir", existing_run, "--overwrite")
-    assert code == 2
-    assert_one_line_error(err, str(missing), "not found")
-    assert snapshot(existing_run) == before
-
-
 def test_error_does_not_create_run_dir(cli: Callable[..., CliResult], tmp_path: Path) -> None:
     run_dir = tmp_path / "fresh"
     code, _, err = cli("train", SAC_PENDULUM, "total_steps=0", "--run-dir", run_dir)
     assert code == 2 and err.startswith("rlgrad: error:")
     assert not run_dir.exists()
-
-
-def test_existing_run_dir_needs_overwrite(
-    cli: Callable[..., CliResult], existing_run: Path
-) -> None:
-    before = snapshot(existing_run)
-    code, out, err = cli(
-        "train", SAC_PENDULUM, "logging.wandb=disabled", "--quiet", "--run-dir", existing_run
-    )
-    assert code == 2
-    assert_one_line_error(err, str(existing_run), "--overwrite")
-    assert out == ""
-    assert snapshot(existing_run) == before
 
 
 def test_negative_seed_is_a_usage_error(cli: Callable[..., CliResult], existing_run: Path) -> None:
@@ -215,14 +173,6 @@ def test_negative_seed_is_a_usage_error(cli: Callable[..., CliResult], existing_
     assert code == 2
     assert_one_line_error(err, "seed")
     assert snapshot(existing_run) == before
-
-
-def test_unparsable_override_value_is_a_usage_error(
-    cli: Callable[..., CliResult], existing_run: Path
-) -> None:
-    code, _, err = cli("train", SAC_PENDULUM, "agent.hidden_sizes=[64,", "--run-dir", existing_run)
-    assert code == 2
-    assert_one_line_error(err, "agent.hidden_sizes")
 
 
 def test_bad_env_kwargs_is_a_usage_error(cli: Callable[..., CliResult], existing_run: Path) -> None:

@@ -209,17 +209,6 @@ def test_nan_rewards_are_skipped_then_stop_the_run_with_the_checkpoint_intact(
     assert skips and not np.isnan(skips).any()
 
 
-def test_resume_without_a_checkpoint_is_a_one_line_error(
-    cli: Callable[..., CliResult], tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(SAC_PENDULUM.read_text())
-    code, _, err = cli("train", "--resume", run_dir)
-    assert code == 2
-    assert_one_line_error(err, "no checkpoint", "--overwrite")
-
-
 def test_resume_refuses_config_changes_other_than_total_steps(
     cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
