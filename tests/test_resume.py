@@ -139,9 +139,10 @@ def test_killed_and_resumed_run_equals_a_straight_run(
     )
 
 
-def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path, signum: int) -> None:
     run_dir = tmp_path / "run"
-    script = KILLER.replace("signal.SIGKILL", "signal.SIGTERM").replace(
+    script = KILLER.replace("signal.SIGKILL", f"signal.{signum.name}").replace(
         "if step >= kill_step:", "if step == kill_step:"
     )
     command = [sys.executable, "-c", script, "120", "train", *SAC_ARGS, "--quiet"]
@@ -149,11 +150,12 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> No
     done = subprocess.run(
         command, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True
     )
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.returncode == 128 + signum, done.stderr
     message = done.stderr.strip().splitlines()[-1]
-    assert "SIGTERM at step 120" in message
+    assert f"{signum.name} at step 120" in message
     assert f"rlgrad train --resume {run_dir}" in message
     assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 120
+    assert not (run_dir / "result.json").exists()
 
 
 class NaNRewardAfter(gym.Wrapper):
