@@ -1,0 +1,199 @@
+"""The report's figures: one column per env, one colour per estimator, mean and 95 % band.
+
+Each seed's curve is interpolated onto a common grid of environment steps (only within the
+steps it covers); the band is mean ± t(0.975, n−1)·std/√n over the seeds present at each step.
+Gradient statistics are averaged in log10, so their band is a geometric one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from scipy import stats
+
+from rlgrad.report import EPISODE_KEY, EVAL_KEY, RATIO_KEY, Run
+
+PANEL_INCHES = (5.0, 3.5)
+DPI = 100
+GRID_POINTS = 200
+EPISODE_WINDOW = 10
+"""Training episodic returns are smoothed by a trailing mean over this many episodes."""
+LINESTYLES = {"pathwise": "-", "score": "--"}
+
+Groups = dict[str, dict[str, list[Run]]]
+Series = Callable[[Run], tuple[np.ndarray, np.ndarray]]
+"""A run's (steps, values) of one quantity."""
+
+
+def figure_pixels(n_envs: int, n_rows: int) -> tuple[int, int]:
+    """(width, height) in pixels of a figure with ``n_rows`` panels per env."""
+    return int(PANEL_INCHES[0] * n_envs * DPI), int(PANEL_INCHES[1] * n_rows * DPI)
+
+
+def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each value and up to ``window - 1`` values before it."""
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(end - window, 0)
+    return (sums[end] - sums[start]) / (end - start)
+
+
+def seed_band(
+    runs: list[Run], series: Series, grid: np.ndarray, log: bool = False, window: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) over seeds of ``series`` on ``grid``; NaN where no seed has data."""
+    curves = np.full((len(runs), len(grid)), np.nan)
+    for i, run in enumerate(runs):
+        steps, values = series(run)
+        keep = np.isfinite(values) & ((values > 0) if log else True)
+        steps, values = steps[keep], values[keep]
+        if len(steps) == 0:
+            continue
+        values = np.log10(values) if log else values
+        if window > 1:
+            values = _trailing_mean(values, window)
+        inside = (grid >= steps[0]) & (grid <= steps[-1])
+        curves[i, inside] = np.interp(grid[inside], steps, values)
+    count = np.sum(np.isfinite(curves), axis=0)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # steps no seed (or one seed) covers
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1)
+        half = stats.t.ppf(0.975, np.maximum(count - 1, 1)) * std / np.sqrt(count)
+    half = np.where(count > 1, half, 0.0)
+    low, high = mean - half, mean + half
+    if log:
+        return 10**mean, 10**low, 10**high
+    return mean, low, high
+
+
+def step_grid(runs: list[Run], series: Series) -> np.ndarray:
+    """Every step at which a run records ``series``, or ``GRID_POINTS`` even steps if more."""
+    steps = np.unique(np.concatenate([np.empty(0), *(series(run)[0] for run in runs)]))
+    if len(steps) > GRID_POINTS:
+        return np.linspace(steps[0], steps[-1], GRID_POINTS)
+    return steps
+
+
+def _plot_band(
+    ax: Axes, runs: list[Run], series: Series, color: str, label: str, **kwargs: Any
+) -> bool:
+    """One line with its band; False when no run records ``series``."""
+    grid = step_grid(runs, series)
+    if len(grid) == 0:
+        return False
+    linestyle = kwargs.pop("linestyle", "-")
+    mean, low, high = seed_band(runs, series, grid, **kwargs)
+    marker = "o" if len(grid) <= 30 else None
+    ax.plot(grid, mean, color=color, linestyle=linestyle, label=label, lw=1.5, marker=marker, ms=3)
+    ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
+    return True
+
+
+def _colors(labels: list[str]) -> dict[str, str]:
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def wide_budgets(by_label: dict[str, list[Run]]) -> bool:
+    """Whether the estimators' step budgets differ by 5× or more (then steps are on a log axis,
+    so that an 8k-step SAC run and a 200k-step PPO run both show)."""
+    budgets = [max(int(r.rows[-1]["global_step"]) for r in runs) for runs in by_label.values()]
+    return max(budgets) >= 5 * max(min(budgets), 1)
+
+
+def _finish(
+    ax: Axes, title: str, ylabel: str, drew: bool, log: bool = False, log_x: bool = False
+) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("environment steps" + (" (log scale)" if log_x else ""), fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if drew:
+        if log:
+            ax.set_yscale("log")
+        if log_x:
+            ax.set_xscale("log")
+        ax.legend(fontsize=6)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+
+
+def _new_figure(n_envs: int, n_rows: int) -> tuple[Figure, np.ndarray]:
+    width, height = figure_pixels(n_envs, n_rows)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(n_rows, n_envs, squeeze=False)
+
+
+def _metric(key: str) -> Series:
+    return lambda run: run.series(key)
+
+
+def _grad(estimator: str, statistic: str) -> Series:
+    return lambda run: run.grad_series(estimator, statistic)
+
+
+def plot_returns(groups: Groups, labels: list[str], path: Path) -> Path:
+    """Eval return (top) and smoothed training episodic return (bottom) against steps."""
+    fig, axes = _new_figure(len(groups), 2)
+    colors = _colors(labels)
+    rows = [(EVAL_KEY, 1, "eval return"), (EPISODE_KEY, EPISODE_WINDOW, "episodic return")]
+    for col, (env, by_label) in enumerate(groups.items()):
+        for row, (key, window, name) in enumerate(rows):
+            ax = axes[row, col]
+            drew = [
+                _plot_band(ax, runs, _metric(key), colors[label], label, window=window)
+                for label, runs in by_label.items()
+            ]
+            _finish(ax, f"{env}: {name}", name, any(drew), log_x=wide_budgets(by_label))
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_gradients(groups: Groups, labels: list[str], path: Path) -> Path:
+    """Per-sample gradient variance and SNR of each measured estimator (solid: pathwise,
+    dashed: score) and the score/pathwise variance ratio, all on log scales."""
+    fig, axes = _new_figure(len(groups), 3)
+    colors = _colors(labels)
+    titles = {"variance": "gradient variance (trace)", "snr": "gradient SNR"}
+    for col, (env, by_label) in enumerate(groups.items()):
+        for row, statistic in enumerate(titles):
+            ax = axes[row, col]
+            drew = []
+            for label, runs in by_label.items():
+                for est in sorted(set().union(*(run.grad_estimators() for run in runs))):
+                    style = LINESTYLES.get(est, ":")
+                    series = _grad(est, statistic)
+                    drew.append(
+                        _plot_band(
+                            ax,
+                            runs,
+                            series,
+                            colors[label],
+                            f"{label}: {est}",
+                            log=True,
+                            linestyle=style,
+                        )
+                    )
+            _finish(
+                ax,
+                f"{env}: {titles[statistic]}",
+                statistic,
+                any(drew),
+                True,
+                wide_budgets(by_label),
+            )
+        ax = axes[2, col]
+        drew = [
+            _plot_band(ax, runs, _metric(RATIO_KEY), colors[label], label, log=True)
+            for label, runs in by_label.items()
+        ]
+        title = f"{env}: variance ratio score / pathwise"
+        _finish(ax, title, "ratio", any(drew), True, wide_budgets(by_label))
+    fig.savefig(path, dpi=DPI)
+    return path
