@@ -68,6 +68,7 @@ class LoopState:
     n_evals: int = 0
     latest: dict[str, float] = field(default_factory=dict)
     obs: torch.Tensor | None = None
+    final_returns: list[float] | None = None  # set once the final evaluation has run
 
     def state_dict(self) -> dict:
         return {
@@ -75,12 +76,14 @@ class LoopState:
             "n_evals": self.n_evals,
             "latest": dict(self.latest),
             "obs": self.obs.cpu(),
+            "final_returns": self.final_returns,
         }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.global_step, self.n_evals = int(state["global_step"]), int(state["n_evals"])
         self.latest = {k: float(v) for k, v in state["latest"].items()}
         self.obs = state["obs"].to(device)
+        self.final_returns = state.get("final_returns")
 
 
 @dataclass
@@ -320,8 +323,10 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                 if stop:
                     raise TrainingInterrupted(stop[0], step, save(), run_dir)
 
-            returns = run_eval(loop.global_step)
-            save()
+            if loop.final_returns is None:  # a resumed finished run has evaluated already
+                loop.final_returns = run_eval(loop.global_step).tolist()
+                save()
+            returns = np.asarray(loop.final_returns)
     finally:
         logger.close()
         envs.close()

@@ -237,3 +237,17 @@ def test_resumed_run_logs_to_the_same_wandb_run_id(
     run_ids = {path.name.rsplit("-", 1)[1] for path in runs}
     assert len(run_ids) == 1
     assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["logger"]["wandb_id"] in run_ids
+
+
+def test_resuming_a_run_killed_after_its_final_checkpoint_adds_nothing(
+    cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = cli("train", *SAC_ARGS, "total_steps=200", "--quiet", "--run-dir", run_dir)
+    assert code == 0, err
+    rows, result = metrics_rows(run_dir), (run_dir / "result.json").read_text()
+    (run_dir / "result.json").unlink()  # as if killed just before writing it
+    code, _, err = cli("train", "--resume", run_dir, "--quiet")
+    assert code == 0, err
+    assert metrics_rows(run_dir) == rows
+    assert (run_dir / "result.json").read_text() == result
