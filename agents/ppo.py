@@ -28,8 +28,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from rlgrad import diagnostics
 from rlgrad.agents.reinforce import GaussianPolicy, ValueFunction
-from rlgrad.config import AgentConfig
+from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
 from rlgrad.rollout import RolloutBuffer
@@ -105,6 +106,9 @@ class Agent:
         learner.add_optimizer("ppo", params, cfg.learning_rate, eps=1e-5)
         self.buffer = RolloutBuffer(cfg.n_steps, n_envs, spec.obs_dim, spec.act_dim, device)
         self.updates = 0
+        self.last_rollout: dict | None = None  # for diagnose(), see remember_rollout
+        # The minibatch loss, through torch.compile when learner.compile is set.
+        self.compiled_minibatch_loss = learner.compile(self.minibatch_loss)
 
     # ---- acting -------------------------------------------------------------------------
     @torch.no_grad()
@@ -134,6 +138,7 @@ class Agent:
             old_values = self.value(obs)
             next_values = self.value(buf.flat("next_obs"))
         advantages, returns = buf.compute_gae(old_values, next_values, cfg.gamma, cfg.gae_lambda)
+        self.remember_rollout(obs, actions, old_log_prob, advantages)
 
         sums = {
             k: torch.zeros((), device=obs.device)
@@ -145,7 +150,8 @@ class Agent:
                 cfg.batch_size, obs, actions, old_log_prob, old_values, advantages, returns
             )
             for minibatch in batches:
-                loss, stats = self.minibatch_loss(*minibatch)
+                self.learner.mark_step()
+                loss, stats = self.compiled_minibatch_loss(*minibatch)
                 # As SB3: stop before a step that would move the policy too far from π_old.
                 if cfg.target_kl is not None and float(stats["approx_kl"]) > 1.5 * cfg.target_kl:
                     stop = True
@@ -197,6 +203,72 @@ class Agent:
             "approx_kl": approx_kl,
             "clip_fraction": clip_fraction,
         }
+
+    # ---- diagnostics --------------------------------------------------------------------
+    def remember_rollout(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> None:
+        """Keep what :meth:`diagnose` needs of the rollout an update is about to use, with the
+        policy's parameters θ_old before that update (the buffer is reset after it)."""
+        buf = self.buffer
+        self.last_rollout = {
+            "params": {n: p.detach().clone() for n, p in self.policy.named_parameters()},
+            "obs": obs.clone(),
+            "actions": actions.clone(),
+            "old_log_prob": old_log_prob,
+            "advantages": advantages,
+            "terminated": buf.terminated[: buf.pos].clone(),
+            "truncated": buf.truncated[: buf.pos].clone(),
+        }
+
+    def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of PPO's policy loss at the start of the last update (θ = θ_old,
+        ρ = 1) on its whole rollout (the runner calls this right after ``update``).
+
+        Per step, g_t = ∇θ [−min(ρ_t Â_t, clip(ρ_t, 1 ± ε) Â_t) − ent_coef · H(πθ(·|s_t))],
+        ρ_t = πθ(a_t|s_t)/π_old(a_t|s_t), with Â standardised over the rollout (the update
+        standardises per minibatch). At ρ = 1 the clip is inactive, so g_t = −Â_t ∇θ log π(a_t|s_t)
+        (+ the entropy term): the score-function estimate with GAE(λ) advantages. Logged as
+        ``grad/score/<stat>_per_step`` and ``grad/score/<stat>_per_episode`` (see
+        :func:`rlgrad.diagnostics.step_and_episode_statistics`).
+        """
+        r = self.last_rollout
+        if r is None or r["obs"].shape[0] < 2:
+            return {}
+        advantages = r["advantages"]
+        if self.cfg.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        grads = self.policy_loss_per_sample(
+            r["params"], r["obs"], r["actions"], r["old_log_prob"], advantages
+        )
+        episode, n_episodes = diagnostics.episode_index(r["terminated"], r["truncated"])
+        stats = diagnostics.step_and_episode_statistics(grads, episode, n_episodes, cfg.per_layer)
+        return diagnostics.prefixed("grad/score", stats)
+
+    def policy_loss_per_sample(
+        self,
+        params: dict[str, torch.Tensor],
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """∇θ of each step's term of L_clip − ent_coef · H at θ = ``params``."""
+        clip_range, ent_coef = self.cfg.clip_range, self.cfg.ent_coef
+
+        def loss(policy, obs_t, action_t, old_log_prob_t, adv_t):
+            dist = policy(obs_t)
+            ratio = (dist.log_prob(action_t) - old_log_prob_t).exp()
+            surrogate, _ = clipped_surrogate(ratio, adv_t, clip_range)
+            return surrogate - ent_coef * dist.entropy().sum()
+
+        return diagnostics.per_sample_grads(
+            self.policy, loss, obs, actions, old_log_prob, advantages, params=params
+        )
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

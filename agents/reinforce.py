@@ -36,12 +36,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rlgrad.config import AgentConfig
+from rlgrad import diagnostics
+from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.distributions import Gaussian
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
 from rlgrad.networks import ACTIVATIONS
-from rlgrad.rollout import RolloutBuffer
+from rlgrad.rollout import RolloutBuffer, discounted_returns, gae
 
 
 class Config(AgentConfig):
@@ -176,6 +177,7 @@ class Agent:
         self.return_mean = torch.zeros((), device=device)
         self.return_mean_ready = False
         self.updates = 0
+        self.last_rollout: dict | None = None  # for diagnose(), see remember_rollout
 
     # ---- acting -------------------------------------------------------------------------
     @torch.no_grad()
@@ -217,6 +219,7 @@ class Agent:
         pg_loss = policy_gradient_loss(log_prob, adv, weights)
         entropy = policy.entropy().mean()
         loss = pg_loss - cfg.ent_coef * entropy
+        self.remember_rollout(obs, adv, weights, values, next_values)
         grad_norm = self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
 
         metrics = {
@@ -279,6 +282,133 @@ class Agent:
             "losses/value": loss.detach(),
             "losses/explained_variance": 1.0 - residual_var / targets.var().clamp_min(1e-8),
         }
+
+    # ---- diagnostics --------------------------------------------------------------------
+    def remember_rollout(
+        self,
+        obs: torch.Tensor,
+        advantages: torch.Tensor,
+        weights: torch.Tensor | None,
+        values: torch.Tensor | None,
+        next_values: torch.Tensor | None,
+    ) -> None:
+        """Keep what :meth:`diagnose` needs of the rollout an update is about to use, with the
+        policy's parameters θ_old before that update (the buffer is reset after it)."""
+        buf = self.buffer
+        self.last_rollout = {
+            "params": {n: p.detach().clone() for n, p in self.policy.named_parameters()},
+            "obs": obs.clone(),
+            "actions": buf.flat("actions").clone(),
+            "advantages": advantages.detach(),  # Â as the loss uses it (normalised)
+            "weights": weights,
+            "values": values,
+            "next_values": next_values,
+            "rewards": buf.rewards[: buf.pos].clone(),
+            "terminated": buf.terminated[: buf.pos].clone(),
+            "truncated": buf.truncated[: buf.pos].clone(),
+        }
+
+    def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of the policy loss of the last update, on its rollout, at the
+        parameters θ_old it was computed at (the runner calls this right after ``update``).
+
+        ``grad/score/<stat>_per_step`` and ``grad/score/<stat>_per_episode`` (see
+        :func:`rlgrad.diagnostics.step_and_episode_statistics`; ``grad/score/episodes`` counts
+        the episodes) for the gradient the update applied, from the per-step gradients
+        g_t = −∇θ [log πθ(a_t|s_t) Â_t + ent_coef · H(πθ(·|s_t))] (steps of weight 0 left out).
+
+        ``grad/score/variance_baseline_<name>_per_step`` / ``_per_episode``: tr Σ̂ of the
+        score-function estimates −Â_t ∇θ log πθ(a_t|s_t) on the same steps with each baseline's
+        unnormalised advantage: ``none`` Â = Ĝ, ``mean`` Â = Ĝ − mean Ĝ (over the rollout),
+        and with a value function ``value`` Â = Ĝ − V(s) and ``gae`` GAE(λ); Ĝ is the agent's
+        reward-to-go (bootstrapped iff it has a V).
+        """
+        r = self.last_rollout
+        if r is None:
+            return {}
+        episode, n_episodes = diagnostics.episode_index(r["terminated"], r["truncated"])
+        rows = None if r["weights"] is None else r["weights"] > 0
+        if rows is not None:
+            episode = torch.unique(episode[rows], return_inverse=True)[1]
+            n_episodes = int(episode.max()) + 1 if episode.numel() else 0
+
+        def kept(x: torch.Tensor) -> torch.Tensor:
+            return x if rows is None else x[rows]
+
+        obs, actions = kept(r["obs"]), kept(r["actions"])
+        if obs.shape[0] < 2:
+            return {}
+        grads = self.policy_loss_per_sample(r["params"], obs, actions, kept(r["advantages"]))
+        stats = diagnostics.step_and_episode_statistics(grads, episode, n_episodes, cfg.per_layer)
+        metrics = diagnostics.prefixed("grad/score", stats)
+
+        scores = self.score_per_sample(r["params"], obs, actions)
+        for name, adv in self.baseline_advantages(r).items():
+            adv = kept(adv)
+            estimates = {k: -adv.view(-1, *([1] * (s.dim() - 1))) * s for k, s in scores.items()}
+            stats = diagnostics.step_and_episode_statistics(estimates, episode, n_episodes)
+            for unit in ("per_step", "per_episode"):
+                if f"variance_{unit}" in stats:
+                    key = f"grad/score/variance_baseline_{name}_{unit}"
+                    metrics[key] = stats[f"variance_{unit}"]
+        return metrics
+
+    def policy_loss_per_sample(
+        self,
+        params: dict[str, torch.Tensor],
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """∇θ [−log πθ(a_t|s_t) Â_t − ent_coef · H(πθ(·|s_t))] at θ = ``params``, per step."""
+        ent_coef = self.cfg.ent_coef
+
+        def loss(policy, obs_t, action_t, adv_t):
+            dist = policy(obs_t)
+            return -(dist.log_prob(action_t) * adv_t).sum() - ent_coef * dist.entropy().sum()
+
+        return diagnostics.per_sample_grads(
+            self.policy, loss, obs, actions, advantages, params=params
+        )
+
+    def score_per_sample(
+        self, params: dict[str, torch.Tensor], obs: torch.Tensor, actions: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """∇θ log πθ(a_t|s_t) at θ = ``params``, per step."""
+
+        def loss(policy, obs_t, action_t):
+            return policy(obs_t).log_prob(action_t).sum()
+
+        return diagnostics.per_sample_grads(self.policy, loss, obs, actions, params=params)
+
+    def baseline_advantages(self, r: dict) -> dict[str, torch.Tensor]:
+        """Unnormalised advantages of every baseline this agent can compute, flat."""
+        cfg = self.cfg
+        next_values = r["next_values"]
+        grid = r["rewards"].shape
+        returns = discounted_returns(
+            r["rewards"],
+            r["terminated"],
+            r["truncated"],
+            cfg.gamma,
+            None if next_values is None else next_values.view(grid),
+        ).reshape(-1)
+        weights = r["weights"]
+        mean = returns.mean() if weights is None else (returns * weights).sum() / weights.sum()
+        out = {"none": returns, "mean": returns - mean}
+        if r["values"] is not None:
+            out["value"] = returns - r["values"]
+            advantages, _ = gae(
+                r["rewards"],
+                r["values"].view(grid),
+                next_values.view(grid),
+                r["terminated"],
+                r["truncated"],
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
+            out["gae"] = advantages.reshape(-1)
+        return out
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

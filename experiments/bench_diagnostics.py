@@ -1,32 +1,35 @@
 """Cost benchmark of rlgrad's gradient diagnostics (not a test; numbers depend on the machine).
 
     python experiments/bench_diagnostics.py [--batch 256] [--repeats 5] [--train-steps 1500]
-        [--train-repeats 5] [--intervals 10 100] [--skip-train] [--skip-sb3]
+        [--train-repeats 5] [--variants 10 10:10 10:0 20 100] [--clock cpu|wall]
+        [--skip-per-sample] [--skip-stages] [--skip-sb3] [--skip-train]
 
 Four sections, each measured side by side in one process (medians of ``--repeats`` runs,
-interleaved so that a change in machine load hits every variant alike), single-threaded torch:
+interleaved so that a change in machine load hits every variant alike), single-threaded torch.
+Times are this process's CPU time (``--clock cpu``, the default): on a machine shared with other
+jobs, wall time also counts the time slices they take (``--clock wall`` measures it anyway).
 
 1. **Per-sample gradients** at batch ``--batch`` on a default-size SAC agent (hidden [256, 256],
    Pendulum's dims, obs 3 / act 1): ``Agent.pathwise_per_sample`` and ``Agent.score_per_sample``
-   (torch.func vmap over the samples) against a Python loop of ``--batch`` ordinary reverse-mode
-   calls (``torch.autograd.grad``, what ``backward()`` computes) producing the same rows; the
-   rows are checked to agree. Target: vmap ≥ 5× faster.
+   (torch.func vmap over the samples, the definition) against a Python loop of ``--batch``
+   ordinary reverse-mode calls (``torch.autograd.grad``, what ``backward()`` computes) producing
+   the same rows; the rows are checked to agree. Target: vmap ≥ 5× faster. Then the fast path
+   ``diagnose`` uses, ``Agent.gradient_moments`` (both estimators' per-sample moments from
+   ``LinearTape``, no per-sample matrix), against both vmaps and both loops, checked against
+   the vmap rows.
 2. **Where one measurement's time goes**: ``Agent.diagnose`` split into its stages (replay
-   sampling, per-sample pathwise, per-sample score, the two reference gradients, statistics),
-   each timed on its own, next to the whole call and one ``update_once``; plus cProfile's
-   cumulative times of the functions ``diagnose`` calls.
+   sampling, both estimators' moments and within them the K·B critic evaluations of the score
+   estimator, the pathwise reference gradient on ``reference_batch`` states, statistics), each
+   timed on its own, next to the whole call with and without a reference and one
+   ``update_once``; plus cProfile's cumulative times of the functions ``diagnose`` calls.
 3. **The SB3 callback**: one ``GradientDiagnosticsCallback.measure()`` on SB3's SAC (default
    nets, batch 256, reference 2048) against one SB3 gradient step (``--skip-sb3`` skips it).
 4. **Training slowdown**: ``rlgrad.runner.train`` on ``configs/sac_pendulum.yaml`` with
    ``total_steps=--train-steps``, ``agent.learning_starts=100``, ``eval.episodes=1``, no W&B or
-   TensorBoard, ``diagnostics.interval`` ∈ {0, ``--intervals``…} (updates between two
-   measurements; the default ``DiagnosticsConfig``: batch = the agent's 256, reference 4096).
-   Target: ≤ 10 % slower at interval 10.
-
-The (B, P) per-sample matrices and the K × reference critic activations are tens of MB each;
-glibc serves such blocks with fresh mmap'd pages every time, so page faults (system time) are
-a large part of the cost. ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` in the
-environment keeps them in the heap and shows how large.
+   TensorBoard, with ``diagnostics.interval=0`` against each of ``--variants``
+   ``INTERVAL[:REFERENCE_INTERVAL]`` (updates between two measurements; updates between two
+   reference gradients, default 100; the rest of ``DiagnosticsConfig`` default: batch = the
+   agent's 256, reference batch 1024). Target: ≤ 10 % slower at interval 10.
 
 Writes everything as JSON to ``experiments/out/bench_diagnostics.json`` (``--out``).
 """
@@ -34,6 +37,7 @@ Writes everything as JSON to ``experiments/out/bench_diagnostics.json`` (``--out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -41,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -53,16 +57,23 @@ OUT = REPO / "experiments" / "out" / "bench_diagnostics.json"
 sys.path.insert(0, str(REPO))
 
 
+# The clock every figure is measured with: this process's CPU time by default (``--clock cpu``),
+# which time slices lost to other processes on a shared machine do not inflate; torch runs on
+# one thread and the envs in-process, so it is the wall time of an unloaded machine.
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
 def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, run round-robin ``repeats`` times after a warm-up."""
+    """Median time of each function, run round-robin ``repeats`` times after a warm-up."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -162,16 +173,89 @@ def bench_per_sample(batch: int, repeats: int) -> dict:
             "speedup": times["loop"] / times["vmap"],
             "max_row_rel_error": err,
         }
+
+    # The fast path: both estimators' moments (LinearTape) against their vmap rows.
+    from rlgrad import diagnostics
+
+    def fast() -> dict:
+        torch.manual_seed(1)
+        return agent.gradient_moments(obs, alpha)
+
+    def both_vmap() -> dict:
+        torch.manual_seed(1)
+        return {
+            "pathwise": agent.pathwise_per_sample(obs, alpha),
+            "score": agent.score_per_sample(obs, alpha),
+        }
+
+    got, rows = fast(), both_vmap()
+    err = 0.0
+    for name, grads in rows.items():
+        want = diagnostics.GradientMoments.from_per_sample(grads)
+        for key in want.sums:
+            rel = (got[name].sums[key] - want.sums[key]).norm() / want.sums[key].norm()
+            sq = (got[name].sq_sums[key] - want.sq_sums[key]).abs() / want.sq_sums[key]
+            err = max(err, rel.item(), sq.item())
+    times = median_times(
+        {
+            "fast": fast,
+            "vmap": both_vmap,
+            "loop": lambda: (pathwise_loop(agent, obs, alpha, 1), score_loop(agent, obs, alpha, 1)),
+        },
+        repeats,
+    )
+    out["moments_both"] = {
+        "fast_s": times["fast"],
+        "vmap_s": times["vmap"],
+        "loop_s": times["loop"],
+        "speedup_over_loop": times["loop"] / times["fast"],
+        "speedup_over_vmap": times["vmap"] / times["fast"],
+        "max_rel_error_vs_vmap": err,
+    }
     return out
 
 
 # ----------------------------------------------------------------------------- 4. training
 
 
-def train_once(interval: int, steps: int, seed: int, root: Path) -> float:
+def parse_variant(text: str) -> tuple[int, int]:
+    """``"10"`` → (interval 10, the default reference interval); ``"10:5"`` → reference every 5
+    updates, ``"10:0"`` → never."""
+    from rlgrad.config import DiagnosticsConfig
+
+    interval, _, every = text.partition(":")
+    default = DiagnosticsConfig.model_fields["reference_interval"].default
+    return int(interval), int(every) if every else default
+
+
+@contextlib.contextmanager
+def timed_diagnose() -> Iterator[list[float]]:
+    """Accumulate the time spent inside SAC's ``Agent.diagnose`` while the context is open."""
+    from rlgrad.agents.sac import Agent
+
+    spent: list[float] = []
+    original = Agent.diagnose
+
+    def diagnose(self, cfg):
+        start = clock()
+        try:
+            return original(self, cfg)
+        finally:
+            spent.append(clock() - start)
+
+    Agent.diagnose = diagnose  # type: ignore[method-assign]
+    try:
+        yield spent
+    finally:
+        Agent.diagnose = original  # type: ignore[method-assign]
+
+
+def train_once(variant: str, steps: int, seed: int, root: Path) -> tuple[float, float]:
+    """(time of the whole run, time spent in diagnose) for one training run."""
     from rlgrad.config import load_config
     from rlgrad.runner import train
 
+    interval, reference_interval = parse_variant(variant)
     cfg = load_config(
         CONFIG,
         [
@@ -184,32 +268,60 @@ def train_once(interval: int, steps: int, seed: int, root: Path) -> float:
             "eval.episodes=1",
             "eval.interval=0",
             f"diagnostics.interval={interval}",
+            f"diagnostics.reference_interval={reference_interval}",
         ],
     )
-    start = time.perf_counter()
-    train(cfg, root / f"interval{interval}", quiet=True)
-    return time.perf_counter() - start
+    with timed_diagnose() as spent:
+        start = clock()
+        train(cfg, root / f"run-{variant.replace(':', '-')}", quiet=True)
+        total = clock() - start
+    return total, sum(spent)
 
 
-def bench_training(steps: int, intervals: list[int], repeats: int, seed: int) -> dict:
-    variants = [0, *intervals]
-    times: dict[int, list[float]] = {i: [] for i in variants}
+def bench_training(steps: int, variants: list[str], repeats: int, seed: int) -> dict:
+    """Each variant's run against the interval-0 run of the same round (A/B), and, within each
+    diagnosing run, total / (total − time in diagnose): the slowdown from that run alone, which
+    load drifts between runs do not blur (it leaves out diagnose's after-effects on caches)."""
+    variants = ["0", *variants]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    inside: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # round-robin: load drifts hit every variant alike
-            for interval in variants if r % 2 == 0 else reversed(variants):
-                times[interval].append(train_once(interval, steps, seed, Path(tmp)))
-    base = statistics.median(times[0])
+            for variant in variants if r % 2 == 0 else reversed(variants):
+                total, diagnosing = train_once(variant, steps, seed, Path(tmp))
+                times[variant].append(total)
+                inside[variant].append(diagnosing)
+    base = statistics.median(times["0"])
     rows = {}
-    for interval in variants:
-        med = statistics.median(times[interval])
-        updates = steps - 100
-        rows[str(interval)] = {
+    updates = steps - 100
+    for variant in variants:
+        interval, reference_interval = parse_variant(variant)
+        med = statistics.median(times[variant])
+        measurements = updates // interval if interval else 0
+        in_run = [t / (t - d) for t, d in zip(times[variant], inside[variant], strict=True)]
+        rows[variant] = {
+            "interval": interval,
+            "reference_interval": reference_interval,
             "median_s": med,
-            "all_s": times[interval],
+            "all_s": times[variant],
             "slowdown": med / base,
-            "measurements": updates // interval if interval else 0,
+            # Per-run ratios against the baseline run of the same round: the spread of the ratio.
+            "round_ratios": [t / b for t, b in zip(times[variant], times["0"], strict=True)],
+            "measurements": measurements,
+            "diagnose_s": inside[variant],
+            "ms_per_measurement": 1e3 * statistics.median(inside[variant]) / measurements
+            if measurements
+            else 0.0,
+            "in_run_slowdown": statistics.median(in_run),
+            "in_run_slowdowns": in_run,
         }
-    return {"steps": steps, "updates": steps - 100, "repeats": repeats, "runs": rows}
+    return {
+        "steps": steps,
+        "updates": updates,
+        "repeats": repeats,
+        "baseline_ms_per_step": 1e3 * base / steps,
+        "runs": rows,
+    }
 
 
 # ----------------------------------------------------------------------------- 2. profile
@@ -219,50 +331,43 @@ def bench_stages(repeats: int) -> dict:
     from rlgrad import diagnostics
     from rlgrad.config import DiagnosticsConfig
 
-    cfg = DiagnosticsConfig(interval=1)
+    cfg = DiagnosticsConfig(interval=1, reference_interval=1)  # a reference every time
+    no_reference = DiagnosticsConfig(interval=1, reference_interval=0)
     agent = make_agent(buffer_rows=10_000)
     alpha = agent.log_alpha.detach().exp()
     batch = cfg.batch or agent.cfg.batch_size
     obs = agent.buffer.sample(batch).obs
     ref_obs = agent.buffer.sample(cfg.reference_batch).obs
-    grads = {"pathwise": agent.pathwise_per_sample(obs, alpha)}
-    grads["score"] = agent.score_per_sample(obs, alpha)
-    ref = torch.zeros(flat(grads["pathwise"]).shape[1])
+    moments = agent.gradient_moments(obs, alpha)
+    reference = agent.reference_gradient(ref_obs, alpha)
 
-    def ref_pathwise() -> torch.Tensor:
-        policy = agent.actor(ref_obs)
-        actions, log_prob = policy.rsample_with_log_prob()
-        loss = agent.pathwise_actor_loss(ref_obs, actions, log_prob, alpha)
-        return diagnostics.batch_gradient(agent.actor, loss)
+    def score_advantages() -> torch.Tensor:  # the K·B critic rows the score estimator needs
+        with torch.no_grad():
+            policy = agent.actor(obs)
+            u = policy.rsample_pre_tanh((agent.cfg.score_samples,))
+            return agent._score_advantage(obs, policy, u, alpha)
 
-    def ref_score() -> torch.Tensor:
-        loss = agent.score_actor_loss(ref_obs, agent.actor(ref_obs), alpha)
-        return diagnostics.batch_gradient(agent.actor, loss)
-
-    def stats() -> None:  # what diagnose does once it has the per-sample rows
-        means = []
-        for g in grads.values():
-            f = diagnostics.flatten(g)
-            diagnostics.gradient_statistics(f, ref)
-            means.append(f.double().mean(0))
-        diagnostics.cosine(*means)
+    def stats() -> None:  # what diagnose does once it has the moments
+        for m in moments.values():
+            diagnostics.moment_statistics(m, reference)
+        diagnostics.cosine(moments["score"].mean(), moments["pathwise"].mean())
 
     stages = {
         "replay_sampling": lambda: (
             agent.buffer.sample(batch),
             agent.buffer.sample(cfg.reference_batch),
         ),
-        "per_sample_pathwise": lambda: agent.pathwise_per_sample(obs, alpha),
-        "per_sample_score": lambda: agent.score_per_sample(obs, alpha),
-        "reference_pathwise": ref_pathwise,
-        "reference_score": ref_score,
+        "moments_both": lambda: agent.gradient_moments(obs, alpha),
+        "  of which score_critic": score_advantages,
+        "reference_pathwise": lambda: agent.reference_gradient(ref_obs, alpha),
         "statistics": stats,
         "diagnose_total": lambda: agent.diagnose(cfg),
+        "diagnose_no_reference": lambda: agent.diagnose(no_reference),
         "update_once": lambda: agent.update_once(agent.buffer.sample(agent.cfg.batch_size)),
     }
     times = median_times(stages, repeats)
     update = times["update_once"]
-    parts = [k for k in stages if k not in ("diagnose_total", "update_once")]
+    parts = ["replay_sampling", "moments_both", "reference_pathwise", "statistics"]
     out = {
         "batch": batch,
         "reference_batch": cfg.reference_batch,
@@ -278,14 +383,13 @@ def bench_stages(repeats: int) -> dict:
         agent.diagnose(cfg)
     profiler.disable()
     wanted = {
-        "pathwise_per_sample",
-        "score_per_sample",
+        "gradient_moments",
+        "moments",
+        "reference_gradient",
         "batch_gradient",
-        "score_actor_loss",
-        "pathwise_actor_loss",
         "_score_advantage",
-        "gradient_statistics",
-        "flatten",
+        "moment_statistics",
+        "frozen_q",
         "cosine",
         "sample",
         "diagnose",
@@ -332,21 +436,7 @@ def bench_sb3(repeats: int, seed: int) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--train-steps", type=int, default=1500)
-    parser.add_argument("--train-repeats", type=int, default=5)
-    parser.add_argument("--intervals", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-train", action="store_true")
-    parser.add_argument("--skip-sb3", action="store_true")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+def report_per_sample(result: dict, args: argparse.Namespace) -> None:
     per = bench_per_sample(args.batch, args.repeats)
     result["per_sample"] = per
     print(
@@ -363,22 +453,65 @@ def main() -> None:
             f"   {name:<10} {1e3 * r['vmap_s']:>10.1f} {1e3 * r['loop_s']:>10.1f} "
             f"{r['speedup']:>7.1f}× {r['max_row_rel_error']:>12.1e}"
         )
+    m = per["moments_both"]
+    print(
+        f"   both estimators' moments (LinearTape, what diagnose uses): "
+        f"{1e3 * m['fast_s']:.1f} ms, vs vmap {1e3 * m['vmap_s']:.1f} ms "
+        f"({m['speedup_over_vmap']:.1f}×), vs loop {1e3 * m['loop_s']:.1f} ms "
+        f"({m['speedup_over_loop']:.1f}×); max rel. error vs vmap {m['max_rel_error_vs_vmap']:.1e}"
+    )
 
+
+def report_stages(result: dict, args: argparse.Namespace) -> None:
     stages = bench_stages(args.repeats)
     result["stages"] = stages
     print(
         f"\n2. one diagnose() (batch {stages['batch']}, reference {stages['reference_batch']}, "
         f"K={stages['score_samples']}), median of {args.repeats}"
     )
-    print(f"   {'stage':<22} {'ms':>8} {'updates':>8} {'share':>7}")
+    print(f"   {'stage':<26} {'ms':>8} {'updates':>8} {'share':>7}")
     for name, seconds in stages["seconds"].items():
         share = stages["share_of_stage_sum"].get(name)
         share_s = f"{100 * share:>6.1f}%" if share is not None else ""
-        print(f"   {name:<22} {1e3 * seconds:>8.1f} {stages['in_updates'][name]:>8.1f} {share_s}")
+        print(f"   {name:<26} {1e3 * seconds:>8.1f} {stages['in_updates'][name]:>8.2f} {share_s}")
     print("   cProfile, cumulative ms per diagnose():")
     for name, seconds in stages["cprofile_cumulative_s_per_diagnose"].items():
         print(f"     {name:<22} {1e3 * seconds:>8.1f}")
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=1500)
+    parser.add_argument("--train-repeats", type=int, default=5)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["10", "10:10", "10:0", "20", "100"],
+        help="diagnostics.interval[:reference_interval] values to train with, besides 0",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-per-sample", action="store_true")
+    parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-sb3", action="store_true")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    global clock
+    clock = CLOCKS[args.clock]
+
+    result: dict = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "clock": args.clock,
+    }
+    if not args.skip_per_sample:
+        report_per_sample(result, args)
+    if not args.skip_stages:
+        report_stages(result, args)
     if not args.skip_sb3:
         sb3 = bench_sb3(args.repeats, args.seed)
         result["sb3_callback"] = sb3
@@ -390,20 +523,24 @@ def main() -> None:
         )
 
     if not args.skip_train:
-        training = bench_training(args.train_steps, args.intervals, args.train_repeats, args.seed)
+        training = bench_training(args.train_steps, args.variants, args.train_repeats, args.seed)
         result["training"] = training
         print(
-            f"\n4. SAC training, {training['steps']} env steps ({training['updates']} updates), "
+            f"\n4. SAC training, {training['steps']} env steps ({training['updates']} updates, "
+            f"{training['baseline_ms_per_step']:.1f} ms per step without diagnostics), "
             f"median of {training['repeats']}"
         )
         print(
-            f"   {'interval':>8} {'measurements':>12} {'seconds':>8} {'slowdown':>9}  "
+            f"   {'interval':>8} {'ref. every':>10} {'measurements':>12} {'seconds':>8} "
+            f"{'A/B':>7} {'A/B per round':>29} {'in-run':>7} {'ms/measurement':>15}  "
             f"(target ≤ 1.10 at 10)"
         )
-        for interval, row in training["runs"].items():
+        for row in training["runs"].values():
+            ratios = " ".join(f"{x:.2f}" for x in row["round_ratios"])
             print(
-                f"   {interval:>8} {row['measurements']:>12} {row['median_s']:>8.2f} "
-                f"{row['slowdown']:>8.2f}×"
+                f"   {row['interval']:>8} {row['reference_interval']:>10} "
+                f"{row['measurements']:>12} {row['median_s']:>8.2f} {row['slowdown']:>6.3f}× "
+                f"{ratios:>29} {row['in_run_slowdown']:>6.3f}× {row['ms_per_measurement']:>15.1f}"
             )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,19 +87,34 @@ class LearnerConfig(Section):
     """Consecutive updates with a non-finite loss or gradient before the run stops."""
     torch_threads: int | None = Field(None, gt=0)
     """Threads for torch's CPU kernels; None: 1 on CPU (small networks lose to oversubscription)."""
+    compile: bool = False
+    """``torch.compile`` the agents' loss computations. For GPUs: on CPU compiling costs tens of
+    seconds and the compiled SAC update runs slower than the eager one. Where compiling fails
+    (e.g. no C++ compiler), the run warns and goes on eagerly."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """``torch.compile``'s mode; ``reduce-overhead`` also captures CUDA graphs (GPU only)."""
+    nonfinite_check_interval: int = Field(1, gt=0)
+    """Optimiser steps between host reads of the non-finite guard. 1: at every step (a host
+    sync, free on CPU). N > 1: a non-finite step is still skipped at once, on the device, but
+    the skips are counted, warned about and checked against ``max_nonfinite`` every N steps,
+    so that a GPU update never waits for the host."""
 
 
 class DiagnosticsConfig(Section):
-    interval: int = Field(0, ge=0)
-    """Updates between two gradient-variance measurements; 0 turns them off."""
+    interval: int | None = Field(None, ge=0)
+    """Updates between two gradient-variance measurements; 0 turns them off; None (the default)
+    takes the agent's: SAC every 100 updates, REINFORCE and PPO every update (one per rollout),
+    each costing a few per cent of training time."""
     batch: int | None = Field(None, gt=1)
-    """Samples per measurement; None takes the agent's batch."""
+    """Samples per measurement; None takes the agent's batch (SAC; REINFORCE and PPO measure on
+    the whole rollout of their last update)."""
     reference_batch: int = Field(1024, gt=1)
     """Samples of the reference gradient that ``cosine_reference`` compares with (SAC)."""
     reference_interval: int = Field(100, ge=0)
-    """Updates between two reference gradients (each costs about 4 updates at batch 256): the
-    first measurement at least this many updates after the last reference takes a new one and
-    logs ``cosine_reference``; 0 never computes one."""
+    """Updates between two reference gradients (SAC: each costs about 2 updates at the default
+    sizes): a measurement whose last ``interval`` updates cross a multiple of it takes one and
+    logs ``cosine_reference``, so with ``interval`` ≥ this value every measurement does; 0
+    never."""
     per_layer: bool = False
     """Also ``<parameter>/snr`` and ``<parameter>/variance`` for each parameter tensor."""
 

@@ -1,38 +1,62 @@
 """Gradient-variance diagnostics: per-sample gradients of a policy loss, and their statistics.
 
-Per-sample gradients come from ``torch.func``: ``vmap(grad(ℓ))`` over the samples, with ℓ the
-loss of one sample written through ``functional_call`` on the module's parameters, so there is
-no Python loop over samples. Random draws (ε, sampled actions) are made outside and passed in.
+Two ways to the per-sample gradients g_i = ∇θ ℓ(θ; sample_i), i = 1 … B:
 
-Statistics of B per-sample estimates g_1 … g_B ∈ R^P (ESTIMATORS.md §3), from
-:func:`rlgrad.estimators.summarize` and:
+* **the definition** (:func:`per_sample_grads`): ``vmap(grad(ℓ))`` from ``torch.func`` over the
+  samples, with ℓ the loss of one sample written through ``functional_call`` on the module's
+  parameters, so there is no Python loop over samples. It materialises the (B, P) matrix.
+* **the fast path** (:class:`LinearTape`), for a module whose parameters all sit in
+  ``nn.Linear`` layers applied once per forward pass to a (B, ·) batch, row i belonging to
+  sample i only. With h_i the layer's input and δ_i = ∂ℓ_i/∂z_i the gradient at its output
+  z_i = W h_i + b for sample i, the per-sample gradients are ∂W_i = δ_i h_iᵀ and ∂b_i = δ_i, so
+
+      Σ_i ∂W_i = δᵀh,   ‖∂W_i‖² = ‖δ_i‖² ‖h_i‖²,   ‖∂b_i‖² = ‖δ_i‖²
+
+  from one ordinary backward of Σ_i ℓ_i to the layer outputs: the (B, P) matrix never exists.
+
+Random draws (ε, sampled actions) are made outside and passed in.
+
+Both paths reduce to the sufficient statistics of :class:`GradientMoments`: n, Σ_i g_i and
+Σ_i ‖g_i‖² (per parameter tensor), from which the statistics of ESTIMATORS.md §3 follow:
+
+    ḡ = (1/n) Σ g_i,   tr Σ̂ = n/(n−1) ((1/n) Σ ‖g_i‖² − ‖ḡ‖²)   (= (1/(n−1)) Σ ‖g_i − ḡ‖²),
+    batch variance tr Σ̂ / n,   SNR = ‖ḡ‖² / (tr Σ̂ / n),
 
 * gradient noise scale B_simple = tr Σ / ‖G‖² (McCandlish et al. 2018), estimated from the two
-  batch sizes B_s = 1 and B_b = B:  ‖G‖² ≈ (B ‖ḡ‖² − mean_i ‖g_i‖²)/(B − 1),
-  tr Σ ≈ (mean_i ‖g_i‖² − ‖ḡ‖²)/(1 − 1/B);
+  batch sizes B_s = 1 and B_b = n:  ‖G‖² ≈ (n ‖ḡ‖² − mean_i ‖g_i‖²)/(n − 1),
+  tr Σ ≈ (mean_i ‖g_i‖² − ‖ḡ‖²)/(1 − 1/n);
 * cosine of ḡ to a reference gradient g_ref from a larger batch (Ilyas et al. 2020).
+
+For on-policy rollouts the independent unit is the episode, not the time step
+(:func:`step_and_episode_statistics` reports both).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from rlgrad.estimators import summarize
+# ----------------------------------------------------------------------------- per-sample
 
 
 def per_sample_grads(
-    module: nn.Module, loss: Callable[..., Tensor], *batch: Tensor
+    module: nn.Module,
+    loss: Callable[..., Tensor],
+    *batch: Tensor,
+    params: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """∇θ ℓ(θ; batch_i) for every row i, as {parameter name: (B, *shape)}.
 
     ``loss(forward, *sample)`` computes the loss of one sample (each tensor with a leading dim of
-    1) calling ``forward(x)`` wherever it would call ``module(x)``.
+    1) calling ``forward(x)`` wherever it would call ``module(x)``. ``params`` (default: the
+    module's own) are the parameter values θ at which the gradients are taken.
     """
-    params = {name: p.detach() for name, p in module.named_parameters()}
+    if params is None:
+        params = {name: p.detach() for name, p in module.named_parameters()}
 
     def loss_of_params(p: dict[str, Tensor], *sample: Tensor) -> Tensor:
         def forward(*args, **kwargs):
@@ -48,34 +72,115 @@ def flatten(grads: dict[str, Tensor]) -> Tensor:
     return torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)
 
 
-def gradient_statistics(per_sample: Tensor, reference: Tensor | None = None) -> dict[str, Tensor]:
-    """The statistics of ESTIMATORS.md §3 for a (B, P) matrix of per-sample estimates.
+def group_sums(grads: dict[str, Tensor], index: Tensor, n_groups: int) -> dict[str, Tensor]:
+    """{name: (n_groups, *shape)}: row j is Σ_{i: index_i = j} g_i (e.g. an episode's sum)."""
+    return {
+        name: g.new_zeros(n_groups, *g.shape[1:]).index_add_(0, index, g)
+        for name, g in grads.items()
+    }
 
-    Computed from the row norms and the mean alone (two passes over the matrix, float32, with
-    the scalars in float64): tr Σ̂ = B/(B−1) (mean_i ‖g_i‖² − ‖ḡ‖²), which equals
-    :func:`rlgrad.estimators.summarize`'s ``trace_var``.
+
+# ----------------------------------------------------------------------------- moments
+
+
+@dataclass
+class GradientMoments:
+    """Sufficient statistics of n per-sample gradient estimates, per parameter tensor.
+
+    ``sums[name]`` = Σ_i g_i[name] (the parameter's shape), ``sq_sums[name]`` = Σ_i ‖g_i[name]‖²
+    (a float64 scalar). Everything in :func:`moment_statistics` follows from them.
     """
-    b = per_sample.shape[0]
-    if b < 2:
+
+    n: int
+    sums: dict[str, Tensor]
+    sq_sums: dict[str, Tensor]
+
+    @classmethod
+    def from_per_sample(cls, grads: dict[str, Tensor]) -> GradientMoments:
+        """From {name: (n, *shape)}; row norms in float32, their squares summed in float64
+        (no float64 copy of the (n, P) matrix)."""
+        n = next(iter(grads.values())).shape[0]
+        sums, sq_sums = {}, {}
+        for name, g in grads.items():
+            g = g.detach()
+            sums[name] = g.sum(0)
+            norms = torch.linalg.vector_norm(g.reshape(n, -1), dim=1).double()
+            sq_sums[name] = norms.pow(2).sum()
+        return cls(n, sums, sq_sums)
+
+    def scaled(self, c: float) -> GradientMoments:
+        """The moments of the estimates c·g_i."""
+        return GradientMoments(
+            self.n,
+            {k: v * c for k, v in self.sums.items()},
+            {k: v * (c * c) for k, v in self.sq_sums.items()},
+        )
+
+    def mean(self) -> Tensor:
+        """ḡ flattened in the dicts' order (float32)."""
+        return torch.cat([s.flatten() for s in self.sums.values()]) / self.n
+
+    def sq_sum(self) -> Tensor:
+        """Σ_i ‖g_i‖² over all parameters (float64)."""
+        return torch.stack(list(self.sq_sums.values())).sum()
+
+
+def _statistics(n: int, sum_vec: Tensor, sq_sum: Tensor) -> dict[str, Tensor]:
+    if n < 2:
         raise ValueError("gradient statistics need at least 2 per-sample estimates")
-    g = per_sample.detach()
-    mean = g.mean(0)
-    mean_sq = mean.double().pow(2).sum()
-    sample_sq = torch.linalg.vector_norm(g, dim=1).double().pow(2).mean()
-    trace_var = (sample_sq - mean_sq) * b / (b - 1)
-    true_sq = (b * mean_sq - sample_sq) / (b - 1)
-    stats = {
+    mean = sum_vec.double() / n
+    mean_sq = mean.pow(2).sum()
+    sample_sq = sq_sum.double() / n
+    trace_var = (sample_sq - mean_sq) * n / (n - 1)
+    true_sq = (n * mean_sq - sample_sq) / (n - 1)
+    return {
         "grad_norm": mean_sq.sqrt(),
         "variance": trace_var,
-        "batch_variance": trace_var / b,
-        "snr": mean_sq / (trace_var / b),
+        "batch_variance": trace_var / n,
+        "snr": mean_sq / (trace_var / n),
         # ‖G‖² is estimated unbiasedly and can come out ≤ 0 when the mean is lost in the noise;
         # the noise scale is then reported as +inf, not as a meaningless negative number.
         "noise_scale": torch.where(true_sq > 0, trace_var / true_sq, torch.inf),
     }
+
+
+def moment_statistics(
+    moments: GradientMoments, reference: Tensor | None = None
+) -> dict[str, Tensor]:
+    """``grad_norm`` ‖ḡ‖, ``variance`` tr Σ̂, ``batch_variance`` tr Σ̂/n, ``snr``,
+    ``noise_scale`` and, given a reference gradient (flattened in the same order),
+    ``cosine_reference`` = cos(ḡ, g_ref). Float64 scalars."""
+    flat_sum = torch.cat([s.flatten() for s in moments.sums.values()])
+    stats = _statistics(moments.n, flat_sum, moments.sq_sum())
     if reference is not None:
-        stats["cosine_reference"] = cosine(mean, reference)
+        stats["cosine_reference"] = cosine(flat_sum, reference)
     return stats
+
+
+def layer_statistics(moments: GradientMoments) -> dict[str, Tensor]:
+    """``<parameter>/snr`` and ``<parameter>/variance`` for each parameter tensor."""
+    out: dict[str, Tensor] = {}
+    for name, s in moments.sums.items():
+        stats = _statistics(moments.n, s.flatten(), moments.sq_sums[name])
+        out[f"{name}/snr"] = stats["snr"]
+        out[f"{name}/variance"] = stats["variance"]
+    return out
+
+
+def gradient_statistics(per_sample: Tensor, reference: Tensor | None = None) -> dict[str, Tensor]:
+    """The statistics of :func:`moment_statistics` for a (B, P) matrix of per-sample estimates.
+
+    tr Σ̂ = B/(B−1) (mean_i ‖g_i‖² − ‖ḡ‖²) equals :func:`rlgrad.estimators.summarize`'s
+    ``trace_var``.
+    """
+    if per_sample.shape[0] < 2:
+        raise ValueError("gradient statistics need at least 2 per-sample estimates")
+    return moment_statistics(GradientMoments.from_per_sample({"": per_sample}), reference)
+
+
+def per_layer_statistics(grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``<layer>/snr`` and ``<layer>/variance`` for each parameter tensor of {name: (B, …)}."""
+    return layer_statistics(GradientMoments.from_per_sample(grads))
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
@@ -95,15 +200,138 @@ def batch_gradient(module: nn.Module, loss: Tensor) -> Tensor:
     )
 
 
-def prefixed(prefix: str, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{prefix}/{name}": value for name, value in stats.items()}
+def prefixed(prefix: str, stats: dict[str, Tensor], suffix: str = "") -> dict[str, Tensor]:
+    """{``prefix/name[suffix]``: value}."""
+    return {f"{prefix}/{name}{suffix}": value for name, value in stats.items()}
 
 
-def per_layer_statistics(grads: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``<layer>/snr`` and ``<layer>/variance`` for each parameter tensor."""
-    out: dict[str, Tensor] = {}
-    for name, g in grads.items():
-        summary = summarize(g.reshape(g.shape[0], -1))
-        out[f"{name}/snr"] = summary.snr
-        out[f"{name}/variance"] = summary.trace_var
+# ----------------------------------------------------------------------------- fast path
+
+
+class LinearTape:
+    """Per-sample gradient moments of a module built from ``nn.Linear`` layers, without
+    per-sample gradients (see the module docstring for the maths).
+
+    Use as a context manager around the forward pass, then call :meth:`moments` with the
+    per-sample losses (B,) computed from that forward (several times, with ``retain_graph``,
+    for several losses on one forward)::
+
+        with LinearTape(actor) as tape:
+            policy = actor(obs)
+        m = tape.moments(row_losses(policy))
+
+    Requirements, checked: every parameter of the module belongs to an ``nn.Linear``; each layer
+    runs exactly once in the forward, on a 2-D input whose row i belongs to sample i alone (no
+    batch norm, attention or other mixing of rows).
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.layers: dict[str, nn.Linear] = {
+            name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)
+        }
+        covered = {id(p) for m in self.layers.values() for p in m.parameters()}
+        others = [n for n, p in module.named_parameters() if id(p) not in covered]
+        if others:
+            raise ValueError(f"LinearTape: parameters outside nn.Linear layers: {others}")
+        self._records: dict[str, tuple[Tensor, Tensor]] = {}
+        self._input_sq: dict[str, Tensor] = {}  # ‖h_i‖² per layer, shared by every loss
+        self._handles: list = []
+
+    def __enter__(self) -> LinearTape:
+        self._records.clear()
+        self._input_sq.clear()
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def record(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if name in self._records:
+                raise RuntimeError(f"LinearTape: layer {name!r} ran twice in one forward")
+            if inputs[0].dim() != 2:
+                raise RuntimeError(f"LinearTape: layer {name!r} got a {inputs[0].dim()}-D input")
+            self._records[name] = (inputs[0].detach(), output)
+
+        return record
+
+    def moments(self, row_losses: Tensor, retain_graph: bool = False) -> GradientMoments:
+        """Moments of g_i = ∇θ ``row_losses[i]``, in ``named_parameters`` order."""
+        missing = [n for n in self.layers if n not in self._records]
+        if missing:
+            raise RuntimeError(f"LinearTape: layers {missing} did not run in the forward")
+        names = list(self.layers)
+        outputs = [self._records[n][1] for n in names]
+        deltas = torch.autograd.grad(
+            row_losses.sum(), outputs, retain_graph=retain_graph, allow_unused=True
+        )
+        sums: dict[str, Tensor] = {}
+        sq_sums: dict[str, Tensor] = {}
+        for name, out, delta in zip(names, outputs, deltas, strict=True):
+            h = self._records[name][0]
+            delta = torch.zeros_like(out) if delta is None else delta
+            # Row norms in float32 (one row: a few hundred terms), their products in float64.
+            delta_sq = torch.linalg.vector_norm(delta, dim=1).double().pow(2)  # (B,) ‖δ_i‖²
+            if name not in self._input_sq:
+                self._input_sq[name] = torch.linalg.vector_norm(h, dim=1).double().pow(2)
+            h_sq = self._input_sq[name]  # (B,) ‖h_i‖²
+            layer = self.layers[name]
+            prefix = f"{name}." if name else ""
+            sums[f"{prefix}weight"] = delta.T @ h
+            sq_sums[f"{prefix}weight"] = (delta_sq * h_sq).sum()
+            if layer.bias is not None:
+                sums[f"{prefix}bias"] = delta.sum(0)
+                sq_sums[f"{prefix}bias"] = delta_sq.sum()
+        order = [n for n, _ in self.module.named_parameters()]
+        n = row_losses.shape[0]
+        return GradientMoments(n, {k: sums[k] for k in order}, {k: sq_sums[k] for k in order})
+
+
+# ----------------------------------------------------------------------------- on-policy units
+
+
+def episode_index(terminated: Tensor, truncated: Tensor) -> tuple[Tensor, int]:
+    """Episode number of every step of a (T, N) rollout, flat in (time, env) order, and the
+    number of episodes. An episode is a maximal run of one env's steps inside the rollout that
+    no episode end interrupts: the first and last of an env may be fragments of episodes that
+    began before the rollout or go on after it."""
+    done = (terminated | truncated).to(torch.int64)
+    # Steps after an end of episode belong to the next one: exclusive cumulative sum over time.
+    local = done.cumsum(0) - done  # (T, N)
+    per_env = local[-1] + 1  # episodes touched by each env
+    offset = per_env.cumsum(0) - per_env
+    index = (local + offset).reshape(-1)
+    return index, int(per_env.sum())
+
+
+def step_and_episode_statistics(
+    grads: dict[str, Tensor], episode: Tensor, n_episodes: int, per_layer: bool = False
+) -> dict[str, Tensor]:
+    """Statistics with the time step and with the episode as the sample unit.
+
+    ``grads``: per-step gradients {name: (T, …)} of a loss that is their mean; ``episode``: the
+    episode of each step (0 … n_episodes − 1). ``<stat>_per_step`` treats the T steps as
+    independent; ``<stat>_per_episode`` uses one estimate per episode e,
+    (E/T) Σ_{t∈e} g_t, whose mean over the E episodes is the same batch gradient (1/T) Σ_t g_t,
+    so the two ``batch_variance`` values estimate the variance of that one gradient under the
+    two assumptions (steps of an episode are correlated; episodes are independent). Episode
+    statistics need E ≥ 2.
+    """
+    steps = GradientMoments.from_per_sample(grads)
+    out = {f"{k}_per_step": v for k, v in moment_statistics(steps).items()}
+    if per_layer:
+        out.update({f"{k}_per_step": v for k, v in layer_statistics(steps).items()})
+    if n_episodes >= 2:
+        t = next(iter(grads.values())).shape[0]
+        episodes = GradientMoments.from_per_sample(group_sums(grads, episode, n_episodes))
+        episodes = episodes.scaled(n_episodes / t)
+        out.update({f"{k}_per_episode": v for k, v in moment_statistics(episodes).items()})
+        if per_layer:
+            out.update({f"{k}_per_episode": v for k, v in layer_statistics(episodes).items()})
+    out["episodes"] = torch.tensor(float(n_episodes))
     return out

@@ -28,7 +28,7 @@ from gymnasium.vector import VectorEnv
 from rlgrad.agent import Agent
 from rlgrad.agents import agent_spec
 from rlgrad.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rlgrad.config import RunConfig, to_yaml
+from rlgrad.config import DiagnosticsConfig, RunConfig, to_yaml
 from rlgrad.env_state import load_vector_env_state, vector_env_state
 from rlgrad.envs import NormalizeObservation, env_spec, find_wrapper, make_env
 from rlgrad.learner import Learner
@@ -203,6 +203,19 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
+# Updates between gradient measurements when ``diagnostics.interval`` is unset: SAC updates
+# every env step, so every 100th; on-policy agents update once per rollout, so every one.
+DEFAULT_DIAGNOSTICS_INTERVAL = {"sac": 100, "reinforce": 1, "ppo": 1}
+
+
+def resolve_diagnostics(cfg: RunConfig) -> DiagnosticsConfig:
+    """``cfg.diagnostics`` with its interval filled in from the agent's default when unset."""
+    if cfg.diagnostics.interval is not None:
+        return cfg.diagnostics
+    interval = DEFAULT_DIAGNOSTICS_INTERVAL.get(cfg.agent.name, 0)
+    return cfg.diagnostics.model_copy(update={"interval": interval})
+
+
 def check_checkpoint_matches(checkpoint: dict, cfg: RunConfig, path: Path) -> None:
     """Refuse a checkpoint written by another agent or for another env."""
     saved = (checkpoint.get("agent_name"), checkpoint.get("env_id"))
@@ -277,6 +290,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
         return save_run_checkpoint(run_dir, cfg, agent, learner, envs, loop, logger)
 
     diagnose = getattr(agent, "diagnose", None)
+    diagnostics = resolve_diagnostics(cfg)
     start_step, start_time = loop.global_step, time.perf_counter()
     try:
         with stop_requests() as stop:
@@ -302,9 +316,9 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                 if metrics:
                     loop.latest = {k: float(v) for k, v in metrics.items()}
                 if diagnose is not None and _crossed(
-                    updates_before, agent.updates, cfg.diagnostics.interval
+                    updates_before, agent.updates, diagnostics.interval
                 ):
-                    logger.log({k: float(v) for k, v in diagnose(cfg.diagnostics).items()}, step)
+                    logger.log({k: float(v) for k, v in diagnose(diagnostics).items()}, step)
                 if _crossed(before, step, cfg.logging.interval) and loop.latest:
                     elapsed = time.perf_counter() - start_time
                     logger.log(

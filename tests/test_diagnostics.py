@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlgrad import diagnostics
 from rlgrad.agents.sac import Agent, Config
 from rlgrad.config import DiagnosticsConfig
 from rlgrad.diagnostics import flatten, gradient_statistics
@@ -94,25 +95,134 @@ def test_noise_scale_is_infinite_when_mean_is_lost_in_noise():
     assert torch.isinf(stats["noise_scale"])
 
 
-def test_score_and_pathwise_are_unbiased_for_the_same_gradient():
+def _fit_value(agent: Agent, alpha: torch.Tensor, steps: int = 300) -> None:
+    """Fit V_ψ (score_baseline=value) on states like the test's, critic and policy fixed."""
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(steps):
+        obs = torch.randn(64, 3, generator=gen)
+        agent.fit_score_value(obs, agent.actor(obs), alpha)
+
+
+@pytest.mark.parametrize("baseline", ["loo", "none", "value"])
+def test_score_and_pathwise_are_unbiased_for_the_same_gradient(baseline):
     """Means of many estimates at fixed critic and policy: cosine → 1, error ∝ 1/√n."""
-    agent, alpha = _agent(), torch.tensor(0.2)
+    agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.2)
+    if baseline == "value":
+        _fit_value(agent, alpha)
     states = torch.randn(2, 3)
 
     def mean_grad(estimator: str, n: int) -> torch.Tensor:
-        obs = states.repeat(n // 2, 1)
-        per_sample = getattr(agent, f"{estimator}_per_sample")(obs, alpha)
-        return flatten(per_sample).double().mean(0)
+        sums = [
+            agent.gradient_moments(states.repeat(25_000, 1), alpha)[estimator].mean().double()
+            for _ in range(n // 50_000)
+        ]
+        if not sums:
+            return agent.gradient_moments(states.repeat(n // 2, 1), alpha)[estimator].mean()
+        return torch.stack(sums).mean(0)
 
     torch.manual_seed(1)
     truth = mean_grad("pathwise", 400_000)
     errors = {}
     for n in (2_000, 32_000):
-        score = mean_grad("score", n)
+        score = mean_grad("score", n).double()
         errors[n] = ((score - truth).norm() / truth.norm()).item()
-    cos = torch.nn.functional.cosine_similarity(mean_grad("score", 32_000), truth, dim=0)
+    cos = torch.nn.functional.cosine_similarity(mean_grad("score", 32_000).double(), truth, dim=0)
     assert cos > 0.97
     assert errors[32_000] < errors[2_000] / 2.0  # 16x the samples: ~4x smaller error
+
+
+def test_value_baseline_lowers_score_variance():
+    """A trained critic's Q is far from 0 (here +20 on a random critic): without a baseline
+    that offset multiplies every ∇ log π; b(s) = −V_ψ(s) fitted to the soft value removes it."""
+    agent, alpha = _agent(score_baseline="value", learning_rate=1e-2), torch.tensor(0.2)
+    with torch.no_grad():
+        agent.critic.ensemble.biases[-1].add_(20.0)
+    _fit_value(agent, alpha)
+    obs = torch.randn(512, 3)
+
+    def score_variance(baseline: str) -> float:
+        agent.cfg = agent.cfg.model_copy(update={"score_baseline": baseline})
+        torch.manual_seed(2)  # the same draws for every baseline
+        moments = agent.gradient_moments(obs, alpha)["score"]
+        return diagnostics.moment_statistics(moments)["variance"].item()
+
+    value, none = score_variance("value"), score_variance("none")
+    assert value < none / 10
+
+
+@pytest.mark.parametrize("baseline", ["loo", "none", "value"])
+def test_fast_moments_equal_per_sample_definition(baseline):
+    """gradient_moments (LinearTape, no per-sample rows) against the vmap rows, same draws."""
+    agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.3)
+    obs = torch.randn(40, 3)
+    torch.manual_seed(3)
+    fast = agent.gradient_moments(obs, alpha)
+    torch.manual_seed(3)
+    rows = {"pathwise": agent.pathwise_per_sample(obs, alpha)}
+    rows["score"] = agent.score_per_sample(obs, alpha)
+    for name, grads in rows.items():
+        want = diagnostics.GradientMoments.from_per_sample(grads)
+        got = fast[name]
+        assert list(got.sums) == [n for n, _ in agent.actor.named_parameters()]
+        for key in want.sums:
+            torch.testing.assert_close(got.sums[key], want.sums[key], rtol=1e-5, atol=1e-7)
+            assert got.sq_sums[key].item() == pytest.approx(want.sq_sums[key].item(), rel=1e-5)
+        got_stats = diagnostics.moment_statistics(got)
+        for key, value in diagnostics.moment_statistics(want).items():
+            assert got_stats[key].item() == pytest.approx(value.item(), rel=1e-5)
+        got_layers = diagnostics.layer_statistics(got)
+        for key, value in diagnostics.per_layer_statistics(grads).items():
+            assert got_layers[key].item() == pytest.approx(value.item(), rel=1e-4)
+
+
+def test_linear_tape_equals_vmap_on_any_mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5), torch.nn.ReLU()
+    )
+    net.append(torch.nn.Linear(5, 3, bias=False))
+    x, y = torch.randn(30, 4), torch.randn(30, 3)
+
+    def row_losses(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.sin(out) * target).sum(-1) + out.pow(2).sum(-1)
+
+    with diagnostics.LinearTape(net) as tape:
+        out = net(x)
+    got = tape.moments(row_losses(out, y))
+    grads = diagnostics.per_sample_grads(net, lambda f, xi, yi: row_losses(f(xi), yi).sum(), x, y)
+    want = diagnostics.GradientMoments.from_per_sample(grads)
+    for key in want.sums:
+        torch.testing.assert_close(got.sums[key], want.sums[key], rtol=1e-5, atol=1e-7)
+        assert got.sq_sums[key].item() == pytest.approx(want.sq_sums[key].item(), rel=1e-5)
+
+
+def test_linear_tape_refuses_what_it_cannot_do():
+    class FreeParameter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.scale = torch.nn.Parameter(torch.ones(2))
+
+    with pytest.raises(ValueError, match="scale"):
+        diagnostics.LinearTape(FreeParameter())
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="twice"), diagnostics.LinearTape(layer):
+        layer(layer(torch.randn(3, 2)))
+
+
+def test_reference_gradient_when_the_measurement_interval_crosses_reference_interval():
+    agent = _agent()
+    cfg = DiagnosticsConfig(interval=5, batch=16, reference_batch=64, reference_interval=10)
+    has_reference = []
+    for updates in (0, 5, 10, 15, 20, 27, 33):  # windows (u − 5, u]
+        agent.updates = updates
+        has_reference.append("grad/pathwise/cosine_reference" in agent.diagnose(cfg))
+    assert has_reference == [True, False, True, False, True, False, True]
+    rare = DiagnosticsConfig(interval=500, batch=16, reference_batch=64, reference_interval=100)
+    agent.updates = 1500
+    assert "grad/score/cosine_reference" in agent.diagnose(rare)
+    never = DiagnosticsConfig(interval=1, batch=16, reference_interval=0)
+    assert not any(k.endswith("cosine_reference") for k in agent.diagnose(never))
 
 
 def test_diagnose_reports_both_estimators_and_their_ratio():

@@ -102,8 +102,12 @@ def run_killed(run_dir: Path, kill_step: int, args: tuple[str, ...]) -> int:
 
 @pytest.mark.parametrize(
     ("args", "kill_step", "checkpoint_step"),
-    [(SAC_ARGS, 437, 300), (PPO_ARGS, 700, 400)],
-    ids=["sac", "ppo"],
+    [
+        (SAC_ARGS, 437, 300),
+        ((*SAC_ARGS, "agent.actor_estimator=score", "agent.score_baseline=value"), 437, 300),
+        (PPO_ARGS, 700, 400),
+    ],
+    ids=["sac", "sac-score-value", "ppo"],
 )
 def test_killed_and_resumed_run_equals_a_straight_run(
     cli: Callable[..., CliResult],

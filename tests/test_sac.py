@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,49 @@ def test_score_actor_loss_matches_hand_written_estimator():
                 e += (h[i, j] - baseline + alpha) * g / (k * b)
     for got, want in zip(surrogate_grad, expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "score"])
+def test_score_value_baseline_is_fitted_by_every_update(estimator):
+    """V_ψ regresses the soft value min Q − α log π whichever estimator trains the actor."""
+    torch.manual_seed(0)
+    cfg = Config(
+        hidden_sizes=[16],
+        actor_estimator=estimator,
+        score_baseline="value",
+        score_samples=1,  # no leave-one-out: one action per state is enough
+        batch_size=32,
+        learning_rate=3e-3,
+    )
+    agent = Agent(cfg, EnvSpec(obs_dim=3, act_dim=2), Learner(), n_envs=1)
+    agent.observe(
+        torch.randn(64, 3),
+        torch.rand(64, 2) * 2 - 1,
+        torch.randn(64),
+        torch.randn(64, 3),
+        torch.zeros(64, dtype=torch.bool),
+        torch.zeros(64, dtype=torch.bool),
+    )
+    obs = torch.randn(256, 3)
+
+    def value_error(value: torch.nn.Module) -> float:
+        """Mean squared error of ``value`` against a 256-action Monte Carlo soft value."""
+        alpha = agent.log_alpha.detach().exp()
+        with torch.no_grad():
+            policy = agent.actor(obs)
+            u = policy.rsample_pre_tanh((256,))
+            q = agent.frozen_q(obs.expand(256, -1, -1).reshape(-1, 3), torch.tanh(u).view(-1, 2))
+            soft = (q.view(256, -1) - alpha * policy.log_prob_pre_tanh(u)).mean(0)
+            return (value(obs).squeeze(-1) - soft).pow(2).mean().item()
+
+    untrained = copy.deepcopy(agent.score_value)
+    for _ in range(300):
+        metrics = agent.update_once(agent.buffer.sample(32))
+    assert "losses/score_value" in metrics
+    assert value_error(agent.score_value) < value_error(untrained) / 3
+
+
+def test_score_baseline_config():
+    assert Config(score_baseline="value", score_samples=1).score_samples == 1
+    with pytest.raises(ValueError, match="loo needs score_samples"):
+        Config(score_baseline="loo", score_samples=1)
