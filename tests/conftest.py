@@ -142,3 +142,25 @@ def assert_one_line_error(stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     return line
+
+
+def filled_sac_agent(learner_cfg: object, seed: int, n: int = 500) -> object:
+    """A small SAC agent (32-32, batch 64) on a 3-d obs, 1-d action task whose replay buffer
+    holds ``n`` random transitions (5 % terminal); torch seeded with ``seed``, data ``seed + 1``."""
+    from rlgrad.agents import sac
+    from rlgrad.envs import EnvSpec
+    from rlgrad.learner import Learner
+
+    torch.manual_seed(seed)
+    cfg = sac.Config(hidden_sizes=[32, 32], batch_size=64)
+    agent = sac.Agent(cfg, EnvSpec(3, 1), Learner(learner_cfg), n_envs=1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    agent.buffer.add(
+        torch.randn(n, 3, generator=gen),
+        torch.rand(n, 1, generator=gen) * 2 - 1,
+        torch.randn(n, generator=gen),
+        torch.randn(n, 3, generator=gen),
+        torch.rand(n, generator=gen) < 0.05,
+        torch.zeros(n, dtype=torch.bool),
+    )
+    return agent

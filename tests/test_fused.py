@@ -7,11 +7,11 @@ import copy
 
 import pytest
 import torch
+from conftest import filled_sac_agent
 from torch import nn
 
 from rlgrad.agents import sac
 from rlgrad.config import LearnerConfig
-from rlgrad.envs import EnvSpec
 from rlgrad.fused import ensemble_mlp, relu_mlp_heads, relu_trunk, tanh_gaussian_rsample
 from rlgrad.learner import Learner
 from rlgrad.networks import EnsembleMLP, mlp
@@ -118,20 +118,7 @@ def test_relu_mlp_heads_input_gradient_matches_autograd():
 
 
 def _filled_agent() -> sac.Agent:
-    torch.manual_seed(5)
-    cfg = sac.Config(hidden_sizes=[32, 32], batch_size=64)
-    agent = sac.Agent(cfg, EnvSpec(3, 1), Learner(LearnerConfig(device="cpu")), n_envs=1)
-    gen = torch.Generator().manual_seed(6)
-    n = 500
-    agent.buffer.add(
-        torch.randn(n, 3, generator=gen),
-        torch.rand(n, 1, generator=gen) * 2 - 1,
-        torch.randn(n, generator=gen),
-        torch.randn(n, 3, generator=gen),
-        torch.rand(n, generator=gen) < 0.05,
-        torch.zeros(n, dtype=torch.bool),
-    )
-    return agent
+    return filled_sac_agent(LearnerConfig(device="cpu"), seed=5)
 
 
 def _updates(agent: sac.Agent, n: int) -> list[dict[str, torch.Tensor]]:

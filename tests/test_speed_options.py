@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import filled_sac_agent
 from torch import nn
 
 from rlgrad.agents import ppo, sac
@@ -21,20 +22,7 @@ BACKEND = "aot_eager"
 
 
 def _sac(compile_: bool, **learner) -> sac.Agent:
-    torch.manual_seed(0)
-    cfg = sac.Config(hidden_sizes=[32, 32], batch_size=64)
-    agent = sac.Agent(cfg, EnvSpec(3, 1), Learner(LearnerConfig(compile=compile_, **learner)), 1)
-    gen = torch.Generator().manual_seed(1)
-    n = 400
-    agent.buffer.add(
-        torch.randn(n, 3, generator=gen),
-        torch.rand(n, 1, generator=gen) * 2 - 1,
-        torch.randn(n, generator=gen),
-        torch.randn(n, 3, generator=gen),
-        torch.rand(n, generator=gen) < 0.05,
-        torch.zeros(n, dtype=torch.bool),
-    )
-    return agent
+    return filled_sac_agent(LearnerConfig(compile=compile_, **learner), seed=0, n=400)
 
 
 def _sac_updates(agent: sac.Agent, n: int = 5) -> list[dict[str, torch.Tensor]]:
