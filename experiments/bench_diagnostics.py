@@ -218,14 +218,14 @@ def bench_per_sample(batch: int, repeats: int) -> dict:
 # ----------------------------------------------------------------------------- 4. training
 
 
-def parse_variant(text: str) -> tuple[int, int]:
-    """``"10"`` → (interval 10, the default reference interval); ``"10:5"`` → reference every 5
-    updates, ``"10:0"`` → never."""
+def parse_variant(text: str) -> tuple[int, int, int | None]:
+    """``"10"`` → (interval 10, the default reference interval, the agent's batch); ``"10:5"``
+    → reference every 5 updates, ``"10:0"`` → never; ``"10:100:128"`` → 128 states measured."""
     from rlgrad.config import DiagnosticsConfig
 
-    interval, _, every = text.partition(":")
+    interval, every, batch = ([*text.split(":"), "", ""])[:3]
     default = DiagnosticsConfig.model_fields["reference_interval"].default
-    return int(interval), int(every) if every else default
+    return int(interval), int(every) if every else default, int(batch) if batch else None
 
 
 @contextlib.contextmanager
@@ -255,7 +255,7 @@ def train_once(variant: str, steps: int, seed: int, root: Path) -> tuple[float, 
     from rlgrad.config import load_config
     from rlgrad.runner import train
 
-    interval, reference_interval = parse_variant(variant)
+    interval, reference_interval, batch = parse_variant(variant)
     cfg = load_config(
         CONFIG,
         [
@@ -269,6 +269,7 @@ def train_once(variant: str, steps: int, seed: int, root: Path) -> tuple[float, 
             "eval.interval=0",
             f"diagnostics.interval={interval}",
             f"diagnostics.reference_interval={reference_interval}",
+            *([f"diagnostics.batch={batch}"] if batch else []),
         ],
     )
     with timed_diagnose() as spent:
@@ -295,13 +296,14 @@ def bench_training(steps: int, variants: list[str], repeats: int, seed: int) -> 
     rows = {}
     updates = steps - 100
     for variant in variants:
-        interval, reference_interval = parse_variant(variant)
+        interval, reference_interval, batch = parse_variant(variant)
         med = statistics.median(times[variant])
         measurements = updates // interval if interval else 0
         in_run = [t / (t - d) for t, d in zip(times[variant], inside[variant], strict=True)]
         rows[variant] = {
             "interval": interval,
             "reference_interval": reference_interval,
+            "batch": batch,
             "median_s": med,
             "all_s": times[variant],
             "slowdown": med / base,
@@ -489,7 +491,7 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=["10", "10:10", "10:0", "20", "100"],
-        help="diagnostics.interval[:reference_interval] values to train with, besides 0",
+        help="diagnostics.interval[:reference_interval[:batch]] values to train with, besides 0",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-per-sample", action="store_true")
@@ -531,7 +533,8 @@ def main() -> None:
             f"median of {training['repeats']}"
         )
         print(
-            f"   {'interval':>8} {'ref. every':>10} {'measurements':>12} {'seconds':>8} "
+            f"   {'interval':>8} {'ref. every':>10} {'batch':>5} {'measurements':>12} "
+            f"{'seconds':>8} "
             f"{'A/B':>7} {'A/B per round':>29} {'in-run':>7} {'ms/measurement':>15}  "
             f"(target ≤ 1.10 at 10)"
         )
@@ -539,6 +542,7 @@ def main() -> None:
             ratios = " ".join(f"{x:.2f}" for x in row["round_ratios"])
             print(
                 f"   {row['interval']:>8} {row['reference_interval']:>10} "
+                f"{row['batch'] or 'agent':>5} "
                 f"{row['measurements']:>12} {row['median_s']:>8.2f} {row['slowdown']:>6.3f}× "
                 f"{ratios:>29} {row['in_run_slowdown']:>6.3f}× {row['ms_per_measurement']:>15.1f}"
             )
