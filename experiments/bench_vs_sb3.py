@@ -126,6 +126,7 @@ def rlgrad_overrides(agent: str, steps: int, seed: int, device: str, rollout: in
         f"eval.episodes={EVAL_EPISODES}",
         "eval.interval=0",
         "checkpoint.interval=0",
+        "diagnostics.interval=0",  # the same work as SB3, which measures no gradient variance
         "logging.wandb=disabled",
         "logging.tensorboard=false",
         f"logging.interval={max(steps // 4, 1)}",

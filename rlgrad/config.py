@@ -103,8 +103,8 @@ class LearnerConfig(Section):
 class DiagnosticsConfig(Section):
     interval: int | None = Field(None, ge=0)
     """Updates between two gradient-variance measurements; 0 turns them off; None (the default)
-    takes the agent's: SAC every 100 updates, REINFORCE and PPO every update (one per rollout),
-    each costing a few per cent of training time."""
+    takes the agent's: SAC every 100 updates, REINFORCE and PPO at the first update after each
+    2048 env steps (every rollout at PPO's defaults), each costing a few per cent of training."""
     batch: int | None = Field(None, gt=1)
     """Samples per measurement; None takes the agent's batch (SAC; REINFORCE and PPO measure on
     the whole rollout of their last update)."""

@@ -203,16 +203,23 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-# Updates between gradient measurements when ``diagnostics.interval`` is unset: SAC updates
-# every env step, so every 100th; on-policy agents update once per rollout, so every one.
-DEFAULT_DIAGNOSTICS_INTERVAL = {"sac": 100, "reinforce": 1, "ppo": 1}
+# When ``diagnostics.interval`` is unset: SAC updates every env step and is measured every
+# 100th update; on-policy agents update once per rollout and are measured at the first update
+# after each further ON_POLICY_DIAGNOSTICS_STEPS env steps (every rollout of PPO's default 2048).
+SAC_DIAGNOSTICS_INTERVAL = 100
+ON_POLICY_DIAGNOSTICS_STEPS = 2048
 
 
 def resolve_diagnostics(cfg: RunConfig) -> DiagnosticsConfig:
     """``cfg.diagnostics`` with its interval filled in from the agent's default when unset."""
     if cfg.diagnostics.interval is not None:
         return cfg.diagnostics
-    interval = DEFAULT_DIAGNOSTICS_INTERVAL.get(cfg.agent.name, 0)
+    interval = 0
+    if cfg.agent.name == "sac":
+        interval = SAC_DIAGNOSTICS_INTERVAL
+    elif hasattr(cfg.agent, "n_steps"):
+        rollout = cfg.agent.n_steps * cfg.env.n_envs
+        interval = max(1, -(-ON_POLICY_DIAGNOSTICS_STEPS // rollout))
     return cfg.diagnostics.model_copy(update={"interval": interval})
 
 

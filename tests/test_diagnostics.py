@@ -3,6 +3,8 @@ their definitions, and SAC's two actor estimators agreeing on the same gradient.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,24 @@ def test_diagnose_reports_both_estimators_and_their_ratio():
         assert -1.0 <= metrics[f"grad/{estimator}/cosine_reference"] <= 1.0
     ratio = metrics["grad/score/variance"] / metrics["grad/pathwise/variance"]
     assert metrics["grad/variance_ratio_score_over_pathwise"] == pytest.approx(ratio.item())
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "interval"),
+    [
+        ("sac_pendulum.yaml", [], 100),
+        ("ppo_pendulum.yaml", ["agent.n_steps=2048", "env.n_envs=1"], 1),
+        ("ppo_pendulum.yaml", ["agent.n_steps=256", "env.n_envs=4"], 2),
+        ("reinforce_invpendulum.yaml", ["agent.n_steps=5", "env.n_envs=1"], 410),
+        ("sac_pendulum.yaml", ["diagnostics.interval=0"], 0),
+        ("ppo_pendulum.yaml", ["diagnostics.interval=7"], 7),
+    ],
+)
+def test_default_diagnostics_interval_measures_about_every_2048_steps(
+    config: str, overrides: list[str], interval: int
+) -> None:
+    from rlgrad.config import load_config
+    from rlgrad.runner import resolve_diagnostics
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / config, overrides)
+    assert resolve_diagnostics(cfg).interval == interval
