@@ -155,9 +155,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 f"bad override {item!r}: its value is not valid YAML ({_one_line(str(exc))}); "
                 "fix or quote the value, e.g. agent.hidden_sizes=[64,64] or name='my run'"
             ) from None
-        # ValueError: an integer of more than 4300 digits; RecursionError: [[[[…]]]] too deep.
-        except (OmegaConfBaseException, ValueError, RecursionError) as exc:
-            raise ConfigError(f"bad override {item!r}: {_one_line(str(exc))}") from None
+        # ValueError: an integer of more than 4300 digits; RecursionError: [[[[…]]]] too deep;
+        # TypeError: a section set by an earlier override replaced by a list (agent=[]).
+        except (OmegaConfBaseException, ValueError, RecursionError, TypeError) as exc:
+            raise ConfigError(
+                f"bad override {item!r}: {_one_line(str(exc))}; an override replaces a value of "
+                "the same kind (set a section's keys one by one, e.g. agent.batch_size=64)"
+            ) from None
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 

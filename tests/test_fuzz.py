@@ -148,6 +148,7 @@ def assert_applied(expected: Any, actual: Any, where: str) -> None:
 @example((SAC_PENDULUM, ["seed=" + "1" * 5000]))  # ValueError: int of more than 4300 digits
 @example((SAC_PENDULUM, ["seed=" + "[" * 2000 + "]" * 2000]))  # RecursionError
 @example((SAC_PENDULUM, ["logging=[]"]))  # TypeError from OmegaConf.merge
+@example((SAC_PENDULUM, ["agent.name=sac", "agent=[]"]))  # the same between two overrides
 @example((SAC_PENDULUM, ["agent.name=a\u2028b"]))  # a line separator in the message
 @example((SAC_PENDULUM, ["agent.ent_coef=abc"]))  # a union's per-branch errors
 def test_config_loader_applies_overrides_or_raises_one_line_config_error(
