@@ -66,7 +66,9 @@ class LoopState:
 
     global_step: int = 0
     n_evals: int = 0
-    latest: dict[str, float] = field(default_factory=dict)
+    # The last update's metrics, kept as the agent returned them (tensors): converting them on
+    # every update would cost a host sync per metric on a GPU; they are read when logged.
+    latest: dict[str, float | torch.Tensor] = field(default_factory=dict)
     obs: torch.Tensor | None = None
     final_returns: list[float] | None = None  # set once the final evaluation has run
 
@@ -74,7 +76,7 @@ class LoopState:
         return {
             "global_step": self.global_step,
             "n_evals": self.n_evals,
-            "latest": dict(self.latest),
+            "latest": {k: float(v) for k, v in self.latest.items()},
             "obs": self.obs.cpu(),
             "final_returns": self.final_returns,
         }
@@ -321,7 +323,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                 updates_before = getattr(agent, "updates", 0)
                 metrics = agent.update(step)
                 if metrics:
-                    loop.latest = {k: float(v) for k, v in metrics.items()}
+                    loop.latest = dict(metrics)
                 if diagnose is not None and _crossed(
                     updates_before, agent.updates, diagnostics.interval
                 ):
@@ -330,7 +332,7 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                     elapsed = time.perf_counter() - start_time
                     logger.log(
                         {
-                            **loop.latest,
+                            **{k: float(v) for k, v in loop.latest.items()},
                             "charts/sps": (step - start_step) / elapsed,
                             "learner/nonfinite_skips": float(learner.nonfinite_skips),
                         },
