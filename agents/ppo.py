@@ -111,13 +111,12 @@ class Agent:
         self.compiled_minibatch_loss = learner.compile(self.minibatch_loss)
 
     # ---- acting -------------------------------------------------------------------------
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
-        return self.policy(obs).sample()
+        return self.policy.sample_action(obs)
 
     @torch.no_grad()
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy(obs).mode
+        return self.policy.mean(obs)  # the Gaussian's mode
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)

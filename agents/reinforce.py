@@ -114,6 +114,13 @@ class GaussianPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> Gaussian:
         return Gaussian.from_log_std(self.mean(obs), self.log_std)
 
+    @torch.no_grad()
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """a = μ(s) + σ ε, ε ~ N(0, I): the value and random draw of ``self(obs).sample()``,
+        without building the distribution (acting is once per env step: its cost counts)."""
+        mean = self.mean(obs)
+        return torch.randn_like(mean).mul_(self.log_std.exp()).add_(mean)
+
 
 class ValueFunction(nn.Module):
     """s ↦ V(s), a scalar per state: (B, obs_dim) ↦ (B,)."""
@@ -180,13 +187,12 @@ class Agent:
         self.last_rollout: dict | None = None  # for diagnose(), see remember_rollout
 
     # ---- acting -------------------------------------------------------------------------
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
-        return self.policy(obs).sample()
+        return self.policy.sample_action(obs)
 
     @torch.no_grad()
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy(obs).mode
+        return self.policy.mean(obs)  # the Gaussian's mode
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)

@@ -318,11 +318,23 @@ class Agent:
         return loss.detach()
 
     # ---- diagnostics --------------------------------------------------------------------
+    @property
+    def measurement_batch(self) -> int:
+        """States per measurement when ``diagnostics.batch`` is unset: half the training batch.
+
+        The score half costs K critic evaluations per state (K·B = 2048 rows at the defaults,
+        about the arithmetic of a whole update), so half the states keep a measurement every 10
+        updates within 10 % of training time; ``batch_variance`` and ``snr`` still describe the
+        training batch (see :func:`rlgrad.diagnostics.moment_statistics`)."""
+        return max(2, self.cfg.batch_size // 2)
+
     def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
         """Both actor-gradient estimators measured on the same states, critic and policy.
 
         Pathwise: one estimate per (state, ε) draw. Score: one estimate per state, from its K
         actions with the configured baseline (what one state contributes to the training loss).
+        ``batch_variance`` and ``snr`` are those of the training batch's estimate (tr Σ̂ / B with
+        B = ``agent.batch_size``), whatever ``cfg.batch`` the moments were measured on.
         Their moments come from :meth:`gradient_moments` (no per-sample gradient matrix). Both
         estimate the same ∇θ J, so one reference g_ref serves both ``cosine_reference`` values:
         the pathwise gradient on ``cfg.reference_batch`` other states (one batched backward),
@@ -331,7 +343,7 @@ class Agent:
         references where the uninterrupted one does).
         """
         alpha = self.log_alpha.detach().exp()
-        obs = self.buffer.sample(cfg.batch or self.cfg.batch_size).obs
+        obs = self.buffer.sample(cfg.batch or self.measurement_batch).obs
         moments = self.gradient_moments(obs, alpha)
         reference = None
         every, since = cfg.reference_interval, max(cfg.interval or 1, 1)
@@ -340,7 +352,7 @@ class Agent:
             reference = self.reference_gradient(ref_obs, alpha)
         metrics: dict[str, torch.Tensor] = {}
         for name, m in moments.items():
-            stats = diagnostics.moment_statistics(m, reference)
+            stats = diagnostics.moment_statistics(m, reference, batch_size=self.cfg.batch_size)
             metrics.update(diagnostics.prefixed(f"grad/{name}", stats))
             if cfg.per_layer:
                 layers = diagnostics.layer_statistics(m)

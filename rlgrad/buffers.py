@@ -41,7 +41,9 @@ class ReplayBuffer:
         self.capacity, self.device = capacity, torch.device(device)
 
         def empty(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-            return torch.zeros((capacity, *shape), dtype=dtype, device=self.device)
+            # Uninitialised: only rows below ``size`` are ever read or saved, and the pages of
+            # rows not yet written cost no memory (zeros would touch all of them at once).
+            return torch.empty((capacity, *shape), dtype=dtype, device=self.device)
 
         self.obs = empty(obs_dim)
         self.next_obs = empty(obs_dim)
@@ -49,6 +51,7 @@ class ReplayBuffer:
         self.rewards = empty()
         self.terminated = empty(dtype=torch.bool)
         self.truncated = empty(dtype=torch.bool)
+        self._fields = self._storage()
         self.pos = 0
         self.size = 0
 
@@ -83,15 +86,17 @@ class ReplayBuffer:
         n = obs.shape[0]
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
-        end = self.pos + n
+        pos, end = self.pos, self.pos + n
+        values = (obs, actions, rewards, next_obs, terminated, truncated)
         if end <= self.capacity:
-            rows: slice | torch.Tensor = slice(self.pos, end)
-        else:
-            rows = torch.arange(self.pos, end, device=self.device) % self.capacity
-        for store, value in zip(
-            self._storage(), (obs, actions, rewards, next_obs, terminated, truncated), strict=True
-        ):
-            store[rows] = value.to(self.device, store.dtype).reshape(store[rows].shape)
+            # One copy_ per field into a slice: converts dtype and device in place.
+            for store, value in zip(self._fields, values, strict=True):
+                rows = store[pos:end]
+                rows.copy_(value if value.shape == rows.shape else value.reshape(rows.shape))
+        else:  # wraps around the end of the ring
+            idx = torch.arange(pos, end, device=self.device) % self.capacity
+            for store, value in zip(self._fields, values, strict=True):
+                store[idx] = value.to(self.device, store.dtype).reshape(n, *store.shape[1:])
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 

@@ -106,11 +106,12 @@ class DiagnosticsConfig(Section):
     takes the agent's: SAC every 100 updates, REINFORCE and PPO at the first update after each
     2048 env steps (every rollout at PPO's defaults), each costing a few per cent of training."""
     batch: int | None = Field(None, gt=1)
-    """Samples per measurement; None takes the agent's batch (SAC; REINFORCE and PPO measure on
-    the whole rollout of their last update)."""
+    """States per SAC measurement (its precision; ``batch_variance`` and ``snr`` always describe
+    the training batch); None takes half of ``agent.batch_size``. REINFORCE and PPO measure on
+    the whole rollout of their last update."""
     reference_batch: int = Field(1024, gt=1)
     """Samples of the reference gradient that ``cosine_reference`` compares with (SAC)."""
-    reference_interval: int = Field(100, ge=0)
+    reference_interval: int = Field(500, ge=0)
     """Updates between two reference gradients (SAC: each costs about 2 updates at the default
     sizes): a measurement whose last ``interval`` updates cross a multiple of it takes one and
     logs ``cosine_reference``, so with ``interval`` ≥ this value every measurement does; 0

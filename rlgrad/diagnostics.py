@@ -125,9 +125,12 @@ class GradientMoments:
         return torch.stack(list(self.sq_sums.values())).sum()
 
 
-def _statistics(n: int, sum_vec: Tensor, sq_sum: Tensor) -> dict[str, Tensor]:
+def _statistics(
+    n: int, sum_vec: Tensor, sq_sum: Tensor, batch_size: int | None = None
+) -> dict[str, Tensor]:
     if n < 2:
         raise ValueError("gradient statistics need at least 2 per-sample estimates")
+    b = batch_size or n
     mean = sum_vec.double() / n
     mean_sq = mean.pow(2).sum()
     sample_sq = sq_sum.double() / n
@@ -136,8 +139,8 @@ def _statistics(n: int, sum_vec: Tensor, sq_sum: Tensor) -> dict[str, Tensor]:
     return {
         "grad_norm": mean_sq.sqrt(),
         "variance": trace_var,
-        "batch_variance": trace_var / n,
-        "snr": mean_sq / (trace_var / n),
+        "batch_variance": trace_var / b,
+        "snr": mean_sq / (trace_var / b),
         # ‖G‖² is estimated unbiasedly and can come out ≤ 0 when the mean is lost in the noise;
         # the noise scale is then reported as +inf, not as a meaningless negative number.
         "noise_scale": torch.where(true_sq > 0, trace_var / true_sq, torch.inf),
@@ -145,13 +148,17 @@ def _statistics(n: int, sum_vec: Tensor, sq_sum: Tensor) -> dict[str, Tensor]:
 
 
 def moment_statistics(
-    moments: GradientMoments, reference: Tensor | None = None
+    moments: GradientMoments, reference: Tensor | None = None, batch_size: int | None = None
 ) -> dict[str, Tensor]:
-    """``grad_norm`` ‖ḡ‖, ``variance`` tr Σ̂, ``batch_variance`` tr Σ̂/n, ``snr``,
+    """``grad_norm`` ‖ḡ‖, ``variance`` tr Σ̂, ``batch_variance`` tr Σ̂/B, ``snr`` ‖ḡ‖²/(tr Σ̂/B),
     ``noise_scale`` and, given a reference gradient (flattened in the same order),
-    ``cosine_reference`` = cos(ḡ, g_ref). Float64 scalars."""
+    ``cosine_reference`` = cos(ḡ, g_ref). Float64 scalars.
+
+    B is ``batch_size``, the batch of the estimate the statistics describe (e.g. the one an
+    update averages over), and defaults to the n samples measured: n sets the precision of
+    tr Σ̂ and ḡ, B what ``batch_variance`` and ``snr`` are the variance and SNR of."""
     flat_sum = torch.cat([s.flatten() for s in moments.sums.values()])
-    stats = _statistics(moments.n, flat_sum, moments.sq_sum())
+    stats = _statistics(moments.n, flat_sum, moments.sq_sum(), batch_size)
     if reference is not None:
         stats["cosine_reference"] = cosine(flat_sum, reference)
     return stats

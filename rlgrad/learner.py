@@ -60,6 +60,18 @@ def _plain_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """‖(g_1, …, g_n)‖₂ = ‖(‖g_1‖₂, …, ‖g_n‖₂)‖₂ for tensors on one device: the arithmetic of
+    ``torch.nn.utils.get_total_norm(grads, foreach=True)`` (bit-equal) without its per-call
+    grouping by device and dtype (about 0.1 ms a call on CPU)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _clip_(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
+    """g ← g · min(1, max_norm / (‖g‖ + 1e-6)) in place, as ``clip_grads_with_norm_`` does."""
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+
+
 def _fused_adam_step(
     optimizer: torch.optim.Adam,
     params: list[torch.Tensor],
@@ -204,18 +216,21 @@ class Learner:
             p.grad = None
         loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         clip = max_grad_norm if max_grad_norm is not None else self.cfg.max_grad_norm
+        # The fused kernel needs all parameters on one device, so the lean norm and clip can too.
         fused = len(grads) == len(params) and _plain_fused_adam(optimizer)
+        norm = _total_norm(grads) if fused else torch.nn.utils.get_total_norm(grads, foreach=True)
         if fused and self.cfg.nonfinite_check_interval > 1:
             self._step_without_sync(name, optimizer, params, grads, loss, norm, clip)
             return norm
-        if not bool(torch.isfinite(norm) & torch.isfinite(loss.detach())):
+        if not (math.isfinite(norm.item()) and math.isfinite(loss.item())):
             self._skip(name, loss)
             optimizer.zero_grad(set_to_none=True)
             return norm
         self.consecutive[name] = 0
-        if clip is not None:
+        if clip is not None and fused:
+            _clip_(grads, clip, norm)
+        elif clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
         if fused:
             _fused_adam_step(optimizer, params, grads)
@@ -236,7 +251,7 @@ class Learner:
         """The guarded step decided on the device: fused Adam's ``found_inf`` skips it."""
         found = (~(torch.isfinite(norm) & torch.isfinite(loss.detach()))).to(norm.dtype)
         if clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+            _clip_(grads, clip, norm)
         _fused_adam_step(optimizer, params, grads, found_inf=found)  # type: ignore[arg-type]
         if name not in self._pending:
             streak = torch.tensor(float(self.consecutive.get(name, 0)), device=found.device)

@@ -124,6 +124,7 @@ class RolloutBuffer:
         self.next_obs = empty(obs_dim)
         self.terminated = empty(dtype=torch.bool)
         self.truncated = empty(dtype=torch.bool)
+        self._fields = self._storage()
         self.pos = 0
 
     @property
@@ -150,11 +151,15 @@ class RolloutBuffer:
         """Store one vector step (leading dim: one row per env)."""
         if self.full:
             raise RuntimeError("rollout buffer is full; call reset() after using it")
-        values = (obs, actions, rewards, next_obs, terminated, truncated)
-        for store, value in zip(self._storage(), values, strict=True):
-            # copy_ converts dtype and device in place: no temporary on the device.
-            store[self.pos].copy_(value.reshape(store.shape[1:]), non_blocking=True)
-        self.pos += 1
+        pos = self.pos
+        for store, value in zip(
+            self._fields, (obs, actions, rewards, next_obs, terminated, truncated), strict=True
+        ):
+            # copy_ converts dtype and device in place: no temporary on the device. A value of
+            # another shape must hold the row's elements exactly (reshape), never broadcast.
+            row = store[pos]
+            row.copy_(value if value.shape == row.shape else value.reshape(row.shape))
+        self.pos = pos + 1
 
     def reset(self) -> None:
         self.pos = 0
@@ -218,7 +223,7 @@ class RolloutBuffer:
         perm = torch.randperm(n, device=tensors[0].device, generator=generator)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            yield tuple(t[idx] for t in tensors)
+            yield tuple(t.index_select(0, idx) for t in tensors)
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         state: dict[str, torch.Tensor | int] = {

@@ -104,7 +104,7 @@ def eval_seed(run_seed: int, index: int) -> int:
 def to_tensor(
     array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(array), dtype=dtype).to(device, non_blocking=True)
+    return torch.as_tensor(array, dtype=dtype, device=device)
 
 
 def true_next_obs(next_obs: np.ndarray, info: dict) -> np.ndarray:

@@ -238,6 +238,29 @@ def test_diagnose_reports_both_estimators_and_their_ratio():
     assert metrics["grad/variance_ratio_score_over_pathwise"] == pytest.approx(ratio.item())
 
 
+def test_batch_statistics_describe_the_training_batch_whatever_the_measurement_batch(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    agent = _agent()
+    measured: list[int] = []
+    moments = agent.gradient_moments
+
+    def counting_moments(obs: torch.Tensor, alpha: torch.Tensor):
+        measured.append(len(obs))
+        return moments(obs, alpha)
+
+    monkeypatch.setattr(agent, "gradient_moments", counting_moments)
+    batch = agent.cfg.batch_size
+    for cfg in (DiagnosticsConfig(interval=1), DiagnosticsConfig(interval=1, batch=48)):
+        metrics = agent.diagnose(cfg.model_copy(update={"reference_interval": 0}))
+        for estimator in ("pathwise", "score"):
+            variance = metrics[f"grad/{estimator}/variance"]
+            norm_sq = metrics[f"grad/{estimator}/grad_norm"] ** 2
+            assert metrics[f"grad/{estimator}/batch_variance"] == pytest.approx(variance / batch)
+            assert metrics[f"grad/{estimator}/snr"] == pytest.approx(norm_sq * batch / variance)
+    assert measured == [batch // 2, 48]  # the default measures half the training batch
+
+
 @pytest.mark.parametrize(
     ("config", "overrides", "interval"),
     [

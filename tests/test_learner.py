@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -65,3 +67,27 @@ def test_a_loss_that_stays_nan_stops_the_run_while_another_loss_is_finite():
         for _ in range(3):
             learner.step("net", net(x).mean() * torch.tensor(float("nan")))
             learner.step("other", (learner.params("other")[0] ** 2).sum() + 1.0)
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05, 1e6])
+def test_fused_step_equals_torch_clip_and_adam_bit_for_bit(max_grad_norm):
+    """The learner's lean norm, clip and fused Adam step against torch's own utilities."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    twin = copy.deepcopy(net)
+    learner = Learner(LearnerConfig(device="cpu"))
+    learner.add_optimizer("net", net.parameters(), lr=0.01)
+    reference = torch.optim.Adam(twin.parameters(), lr=0.01, fused=True)
+    for _ in range(5):
+        x = torch.randn(16, 3) * 10
+        norm = learner.step("net", net(x).pow(2).mean(), max_grad_norm=max_grad_norm)
+        reference.zero_grad()
+        twin(x).pow(2).mean().backward()
+        params = list(twin.parameters())
+        expected = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, expected, foreach=True)
+        reference.step()
+        assert torch.equal(norm, expected)
+        for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(p, q) and torch.equal(p.grad, q.grad)

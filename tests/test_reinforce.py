@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlgrad.agents.reinforce import Agent, Config, normalize, policy_gradient_loss
+from rlgrad.agents.reinforce import (
+    Agent,
+    Config,
+    GaussianPolicy,
+    normalize,
+    policy_gradient_loss,
+)
 from rlgrad.checkpoint import load_checkpoint, save_checkpoint
 from rlgrad.config import ConfigError, LearnerConfig, load_config
 from rlgrad.envs import EnvSpec, env_spec, make_env
@@ -317,3 +323,16 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     a, b = metrics_without_timing(tmp_path / "a"), metrics_without_timing(tmp_path / "b")
     assert any("losses/policy" in row for row in a)
     assert a == b
+
+
+def test_sample_action_is_the_distributions_sample_from_the_same_draw():
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 2, [16, 16], "tanh", -0.5, True)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    expected = policy(obs).sample()
+    torch.manual_seed(1)
+    got = policy.sample_action(obs)
+    assert torch.equal(got, expected) and not got.requires_grad
