@@ -139,10 +139,7 @@ class Agent:
         advantages, returns = buf.compute_gae(old_values, next_values, cfg.gamma, cfg.gae_lambda)
         self.remember_rollout(obs, actions, old_log_prob, advantages)
 
-        sums = {
-            k: torch.zeros((), device=obs.device)
-            for k in ("policy", "value", "entropy", "approx_kl", "clip_fraction")
-        }
+        sums: torch.Tensor | None = None  # the minibatches' stats, stacked, summed
         n_minibatches, stop = 0, False
         for _ in range(cfg.n_epochs):
             batches = buf.minibatches(
@@ -156,14 +153,16 @@ class Agent:
                     stop = True
                     break
                 self.learner.step("ppo", loss, max_grad_norm=cfg.max_grad_norm)
-                for k, v in stats.items():
-                    sums[k] += v
+                stacked = torch.stack(list(stats.values()))
+                sums = stacked if sums is None else sums.add_(stacked)
                 n_minibatches += 1
             if stop:
                 break
 
         residual_var = (returns - old_values).var()
-        metrics = {f"losses/{k}": v / max(n_minibatches, 1) for k, v in sums.items()}
+        names = tuple(stats)  # the last minibatch's: every one returns the same keys
+        means = sums / n_minibatches if sums is not None else obs.new_zeros(len(names))
+        metrics = {f"losses/{k}": v for k, v in zip(names, means, strict=True)}
         metrics["losses/explained_variance"] = 1.0 - residual_var / returns.var().clamp_min(1e-8)
         metrics["losses/std"] = self.policy.log_std.detach().exp().mean()
         metrics["charts/learning_rate"] = torch.tensor(

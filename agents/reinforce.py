@@ -41,7 +41,7 @@ from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.distributions import Gaussian
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
-from rlgrad.networks import ACTIVATIONS
+from rlgrad.networks import ACTIVATIONS, PlainForward
 from rlgrad.rollout import RolloutBuffer, discounted_returns, gae
 
 
@@ -110,6 +110,7 @@ class GaussianPolicy(nn.Module):
         super().__init__()
         self.mean = mlp_head([obs_dim, *hidden], activation, act_dim, 0.01, ortho)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        self._acting_mean = PlainForward(self.mean) if PlainForward.supports(self.mean) else None
 
     def forward(self, obs: torch.Tensor) -> Gaussian:
         return Gaussian.from_log_std(self.mean(obs), self.log_std)
@@ -117,8 +118,9 @@ class GaussianPolicy(nn.Module):
     @torch.no_grad()
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         """a = μ(s) + σ ε, ε ~ N(0, I): the value and random draw of ``self(obs).sample()``,
-        without building the distribution (acting is once per env step: its cost counts)."""
-        mean = self.mean(obs)
+        without building the distribution, and through :class:`PlainForward` (acting is once
+        per env step: its per-call cost counts)."""
+        mean = self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
         return torch.randn_like(mean).mul_(self.log_std.exp()).add_(mean)
 
 

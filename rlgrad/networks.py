@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -22,6 +23,41 @@ def mlp(
         if i < len(sizes) - 2 or output_activation:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+class PlainForward:
+    """``layers(x)`` for an ``nn.Sequential`` of ``nn.Linear``, ``nn.Tanh`` and ``nn.ReLU``
+    modules as plain function calls, without ``nn.Module``'s per-call machinery: for acting,
+    once per env step on a batch of one, where that machinery costs as much as the arithmetic.
+
+    Parameters are read from the layers' own parameter dicts at each call, so a moved or reloaded
+    module is evaluated with its current tensors. Hooks on the layers do not run: use the module
+    itself wherever something observes its forward (e.g. ``rlgrad.diagnostics.LinearTape``).
+    """
+
+    _ACTIVATIONS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu}
+
+    def __init__(self, layers: nn.Sequential):
+        self.steps: list[tuple[dict[str, torch.Tensor], None] | tuple[None, object]] = []
+        for layer in layers:
+            if type(layer) is nn.Linear:
+                self.steps.append((layer._parameters, None))  # type: ignore[arg-type]
+            elif type(layer) in self._ACTIVATIONS:
+                self.steps.append((None, self._ACTIVATIONS[type(layer)]))
+            else:
+                raise TypeError(f"PlainForward: unsupported layer {type(layer).__name__}")
+
+    @classmethod
+    def supports(cls, layers: nn.Sequential) -> bool:
+        return all(type(m) is nn.Linear or type(m) in cls._ACTIVATIONS for m in layers)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for params, activation in self.steps:
+            if params is not None:
+                x = F.linear(x, params["weight"], params["bias"])
+            else:
+                x = activation(x)  # type: ignore[operator]
+        return x
 
 
 class EnsembleMLP(nn.Module):

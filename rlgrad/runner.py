@@ -308,15 +308,17 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                 actions = agent.act(loop.obs, before)
                 next_obs, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
                 loop.global_step = step = before + envs.num_envs
+                obs = to_tensor(next_obs, device)
+                reached = true_next_obs(next_obs, info)
                 agent.observe(
                     loop.obs,
                     actions,
                     to_tensor(rewards, device),
-                    to_tensor(true_next_obs(next_obs, info), device),
+                    obs if reached is next_obs else to_tensor(reached, device),
                     to_tensor(terminated, device, torch.bool),
                     to_tensor(truncated, device, torch.bool),
                 )
-                loop.obs = to_tensor(next_obs, device)
+                loop.obs = obs
                 for episode in episode_metrics(info):
                     logger.log(episode, step)
 

@@ -336,3 +336,27 @@ def test_sample_action_is_the_distributions_sample_from_the_same_draw():
     torch.manual_seed(1)
     got = policy.sample_action(obs)
     assert torch.equal(got, expected) and not got.requires_grad
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_sample_action_follows_reloaded_and_converted_parameters(activation):
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 2, [16, 16], activation, 0.0, True)
+    other = GaussianPolicy(3, 2, [16, 16], activation, 0.7, False)
+    policy.load_state_dict(other.state_dict())
+    policy.double()
+    obs = torch.randn(5, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    expected = policy(obs).sample()
+    torch.manual_seed(1)
+    got = policy.sample_action(obs)
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
+    copied = copy.deepcopy(policy)
+    with torch.no_grad():
+        copied.mean[0].weight.add_(1.0)  # the copy acts with its own parameters
+    torch.manual_seed(1)
+    assert not torch.equal(copied.sample_action(obs), expected)
+    torch.manual_seed(1)
+    from_copy = copied.sample_action(obs)
+    torch.manual_seed(1)
+    assert torch.equal(from_copy, copied(obs).sample())
