@@ -337,7 +337,7 @@ def bench_stages(repeats: int) -> dict:
     no_reference = DiagnosticsConfig(interval=1, reference_interval=0)
     agent = make_agent(buffer_rows=10_000)
     alpha = agent.log_alpha.detach().exp()
-    batch = cfg.batch or agent.cfg.batch_size
+    batch = cfg.batch or agent.measurement_batch  # what diagnose() measures
     obs = agent.buffer.sample(batch).obs
     ref_obs = agent.buffer.sample(cfg.reference_batch).obs
     moments = agent.gradient_moments(obs, alpha)
