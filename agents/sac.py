@@ -355,7 +355,7 @@ class Agent:
             stats = diagnostics.moment_statistics(m, reference, batch_size=self.cfg.batch_size)
             metrics.update(diagnostics.prefixed(f"grad/{name}", stats))
             if cfg.per_layer:
-                layers = diagnostics.layer_statistics(m)
+                layers = diagnostics.layer_statistics(m, batch_size=self.cfg.batch_size)
                 metrics.update(diagnostics.prefixed(f"grad/{name}", layers))
         metrics["grad/cosine_score_pathwise"] = diagnostics.cosine(
             moments["score"].mean(), moments["pathwise"].mean()

@@ -136,11 +136,14 @@ def _statistics(
     sample_sq = sq_sum.double() / n
     trace_var = (sample_sq - mean_sq) * n / (n - 1)
     true_sq = (n * mean_sq - sample_sq) / (n - 1)
+    # E‖ḡ_B‖² = ‖G‖² + tr Σ / B for the mean of B samples: ‖ḡ‖² itself when B = n, else the
+    # unbiased ‖G‖² plus tr Σ̂ / B (so pure noise reads snr ≈ 1 whatever n and B are).
+    signal = mean_sq if b == n else true_sq + trace_var / b
     return {
         "grad_norm": mean_sq.sqrt(),
         "variance": trace_var,
         "batch_variance": trace_var / b,
-        "snr": mean_sq / (trace_var / b),
+        "snr": signal / (trace_var / b),
         # ‖G‖² is estimated unbiasedly and can come out ≤ 0 when the mean is lost in the noise;
         # the noise scale is then reported as +inf, not as a meaningless negative number.
         "noise_scale": torch.where(true_sq > 0, trace_var / true_sq, torch.inf),
@@ -156,7 +159,8 @@ def moment_statistics(
 
     B is ``batch_size``, the batch of the estimate the statistics describe (e.g. the one an
     update averages over), and defaults to the n samples measured: n sets the precision of
-    tr Σ̂ and ḡ, B what ``batch_variance`` and ``snr`` are the variance and SNR of."""
+    tr Σ̂ and ḡ, B what ``batch_variance`` and ``snr`` are the variance and SNR of. When B ≠ n,
+    the ‖ḡ‖² of ``snr`` is that of a B-sample mean, estimated as ‖Ĝ‖²_unbiased + tr Σ̂/B."""
     flat_sum = torch.cat([s.flatten() for s in moments.sums.values()])
     stats = _statistics(moments.n, flat_sum, moments.sq_sum(), batch_size)
     if reference is not None:
@@ -164,11 +168,12 @@ def moment_statistics(
     return stats
 
 
-def layer_statistics(moments: GradientMoments) -> dict[str, Tensor]:
-    """``<parameter>/snr`` and ``<parameter>/variance`` for each parameter tensor."""
+def layer_statistics(moments: GradientMoments, batch_size: int | None = None) -> dict[str, Tensor]:
+    """``<parameter>/snr`` and ``<parameter>/variance`` for each parameter tensor (``snr`` for
+    a batch of ``batch_size``, as in :func:`moment_statistics`)."""
     out: dict[str, Tensor] = {}
     for name, s in moments.sums.items():
-        stats = _statistics(moments.n, s.flatten(), moments.sq_sums[name])
+        stats = _statistics(moments.n, s.flatten(), moments.sq_sums[name], batch_size)
         out[f"{name}/snr"] = stats["snr"]
         out[f"{name}/variance"] = stats["variance"]
     return out

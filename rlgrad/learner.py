@@ -223,7 +223,8 @@ class Learner:
         if fused and self.cfg.nonfinite_check_interval > 1:
             self._step_without_sync(name, optimizer, params, grads, loss, norm, clip)
             return norm
-        if not (math.isfinite(norm.item()) and math.isfinite(loss.item())):
+        norm_value, loss_value = torch.stack((norm, loss.detach().to(norm.dtype))).tolist()
+        if not (math.isfinite(norm_value) and math.isfinite(loss_value)):  # one host sync
             self._skip(name, loss)
             optimizer.zero_grad(set_to_none=True)
             return norm

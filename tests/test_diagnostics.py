@@ -242,23 +242,49 @@ def test_batch_statistics_describe_the_training_batch_whatever_the_measurement_b
     monkeypatch: pytest.MonkeyPatch,
 ):
     agent = _agent()
-    measured: list[int] = []
+    measured: list[diagnostics.GradientMoments] = []
     moments = agent.gradient_moments
 
-    def counting_moments(obs: torch.Tensor, alpha: torch.Tensor):
-        measured.append(len(obs))
-        return moments(obs, alpha)
+    def recording_moments(obs: torch.Tensor, alpha: torch.Tensor):
+        measured.append(moments(obs, alpha))
+        return measured[-1]
 
-    monkeypatch.setattr(agent, "gradient_moments", counting_moments)
+    monkeypatch.setattr(agent, "gradient_moments", recording_moments)
     batch = agent.cfg.batch_size
-    for cfg in (DiagnosticsConfig(interval=1), DiagnosticsConfig(interval=1, batch=48)):
-        metrics = agent.diagnose(cfg.model_copy(update={"reference_interval": 0}))
+    for n in (None, 48):
+        cfg = DiagnosticsConfig(interval=1, batch=n, reference_interval=0, per_layer=True)
+        metrics = agent.diagnose(cfg)
         for estimator in ("pathwise", "score"):
+            m = measured[-1][estimator]
             variance = metrics[f"grad/{estimator}/variance"]
             norm_sq = metrics[f"grad/{estimator}/grad_norm"] ** 2
+            # E‖ḡ_n‖² = ‖G‖² + tr Σ/n, so the B-sample ‖ḡ_B‖² is ‖ḡ_n‖² − tr Σ̂/n + tr Σ̂/B.
+            signal = norm_sq - variance / m.n + variance / batch
             assert metrics[f"grad/{estimator}/batch_variance"] == pytest.approx(variance / batch)
-            assert metrics[f"grad/{estimator}/snr"] == pytest.approx(norm_sq * batch / variance)
-    assert measured == [batch // 2, 48]  # the default measures half the training batch
+            assert metrics[f"grad/{estimator}/snr"] == pytest.approx(signal * batch / variance)
+            # The same for one layer, from its own moments.
+            name = "trunk.0.weight"
+            g_sum, g_sq = m.sums[name].double(), m.sq_sums[name]
+            layer_norm_sq = (g_sum / m.n).pow(2).sum()
+            layer_var = (g_sq / m.n - layer_norm_sq) * m.n / (m.n - 1)
+            layer_signal = layer_norm_sq - layer_var / m.n + layer_var / batch
+            assert metrics[f"grad/{estimator}/{name}/snr"] == pytest.approx(
+                (layer_signal * batch / layer_var).item()
+            )
+    assert [m["score"].n for m in measured] == [batch // 2, 48]  # default: half the batch
+
+
+@pytest.mark.parametrize(("n", "batch"), [(64, 64), (64, 256), (256, 64)])
+def test_snr_of_pure_noise_is_about_one_whatever_the_measured_and_described_batch(n, batch):
+    """Zero-mean per-sample gradients: ‖ḡ_B‖² ≈ tr Σ / B, so snr ≈ 1 for every n and B."""
+    generator = torch.Generator().manual_seed(0)
+    snrs = []
+    for _ in range(400):
+        grads = {"w": torch.randn(n, 50, generator=generator)}
+        moments = diagnostics.GradientMoments.from_per_sample(grads)
+        snrs.append(diagnostics.moment_statistics(moments, batch_size=batch)["snr"].item())
+    # sd of one snr ≈ √(2/50)·√(1 + …) < 0.5 at these sizes: the mean of 400 is within ±0.1.
+    assert np.mean(snrs) == pytest.approx(1.0, abs=0.1)
 
 
 @pytest.mark.parametrize(
