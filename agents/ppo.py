@@ -124,7 +124,7 @@ class Agent:
 
     @torch.no_grad()
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.mean(obs)  # the Gaussian's mode
+        return self.policy.mean_action(obs)
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)

@@ -120,8 +120,13 @@ class GaussianPolicy(nn.Module):
         """a = μ(s) + σ ε, ε ~ N(0, I): the value and random draw of ``self(obs).sample()``,
         without building the distribution, and through :class:`PlainForward` (acting is once
         per env step: its per-call cost counts)."""
-        mean = self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
+        mean = self.mean_action(obs)
         return torch.randn_like(mean).mul_(self.log_std.exp()).add_(mean)
+
+    @torch.no_grad()
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """μ(s), the Gaussian's mode (deterministic acting), through :class:`PlainForward`."""
+        return self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
 
 
 class ValueFunction(nn.Module):
@@ -194,7 +199,7 @@ class Agent:
 
     @torch.no_grad()
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.mean(obs)  # the Gaussian's mode
+        return self.policy.mean_action(obs)
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
