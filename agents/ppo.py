@@ -32,7 +32,7 @@ from rlgrad import diagnostics
 from rlgrad.agents.reinforce import GaussianPolicy, ValueFunction
 from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.envs import EnvSpec
-from rlgrad.fused_ppo import activation_name, plain_mlp_layers, ppo_minibatch_loss
+from rlgrad.fused_ppo import plain_mlp_layers, ppo_minibatch_loss
 from rlgrad.learner import Learner
 from rlgrad.rollout import RolloutBuffer
 
@@ -112,11 +112,10 @@ class Agent:
         # tanh/ReLU MLPs, as one node with a hand-written backward (rlgrad.fused_ppo: the same
         # loss and gradients to float rounding, about twice as fast on CPU).
         self.compiled_minibatch_loss = learner.compile(self.minibatch_loss)
-        policy_layers = plain_mlp_layers(self.policy.mean)
-        value_layers = plain_mlp_layers(self.value.net)
+        policy_mlp, value_mlp = plain_mlp_layers(self.policy.mean), plain_mlp_layers(self.value.net)
         self.fused_layers = None
-        if policy_layers and value_layers and not learner.cfg.compile:
-            self.fused_layers = (policy_layers, value_layers, activation_name(self.policy.mean))
+        if policy_mlp and value_mlp and policy_mlp[1] is value_mlp[1] and not learner.cfg.compile:
+            self.fused_layers = (policy_mlp[0], value_mlp[0], policy_mlp[1])
 
     # ---- acting -------------------------------------------------------------------------
     def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:

@@ -30,13 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+from rlgrad.distributions import _HALF_LOG_TWO_PI
+
 _LOG_TWO = math.log(2.0)
 
 
-def _relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+def relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """∂/∂input of ReLU given its output: ``grad`` where ``output > 0``, else 0."""
     return torch.ops.aten.threshold_backward(grad, output, 0.0)
+
+
+def tanh_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """∂/∂input of tanh given its output: ``grad · (1 − output²)``."""
+    return torch.ops.aten.tanh_backward(grad, output)
 
 
 class _EnsembleReLUMLP(torch.autograd.Function):
@@ -86,7 +92,7 @@ class _EnsembleReLUMLP(torch.autograd.Function):
                     grad_x = torch.bmm(g, w.transpose(1, 2)).sum(0)
                 break
             g = g * w.transpose(1, 2) if vector else torch.bmm(g, w.transpose(1, 2))
-            g = _relu_grad(g, h_in)
+            g = relu_grad(g, h_in)
         return (grad_x, *grad_w, *grad_b)
 
 
@@ -130,7 +136,7 @@ class _ReLUMLPHeads(torch.autograd.Function):
                 out[k + 1] = g.sum(0)
             g_h = torch.mm(g, params[k]) if g_h is None else torch.addmm(g_h, g, params[k])
         for i in range(n_trunk - 1, -1, -1):
-            g = _relu_grad(g_h, activations[i + 1])
+            g = relu_grad(g_h, activations[i + 1])
             if needs[2 * i]:
                 out[2 * i] = torch.mm(g.t(), activations[i])
             if needs[2 * i + 1]:

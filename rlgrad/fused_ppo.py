@@ -25,64 +25,61 @@ No double backward and no ``torch.func`` transforms: the diagnostics use the mod
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
-_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+from rlgrad.distributions import _HALF_LOG_TWO_PI
+from rlgrad.fused import relu_grad, tanh_grad
+from rlgrad.networks import PLAIN_ACTIVATIONS
+
+# ∂/∂input of each activation given its output, for the activations PlainForward calls.
+_ACTIVATION_GRADS = {nn.Tanh: tanh_grad, nn.ReLU: relu_grad}
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def plain_mlp_layers(layers: nn.Sequential) -> list[nn.Linear] | None:
-    """The ``nn.Linear`` layers of ``Linear, act, Linear, act, …, Linear`` with one activation
-    type (tanh or ReLU), or None when ``layers`` has another shape (the module path then)."""
+def plain_mlp_layers(layers: nn.Sequential) -> tuple[list[nn.Linear], type[nn.Module]] | None:
+    """The ``nn.Linear`` layers of ``Linear, act, Linear, act, …, Linear`` and the activation's
+    type (one of tanh and ReLU for all), or None when ``layers`` has another shape (the module
+    path then)."""
     modules = list(layers)
     linears, activations = modules[0::2], modules[1::2]
     if len(linears) != len(activations) + 1 or any(type(m) is not nn.Linear for m in linears):
         return None
-    kinds = {_ACTIVATIONS.get(type(m)) for m in activations}
-    if None in kinds or len(kinds) > 1:
+    kinds = {type(m) for m in activations} or {nn.Tanh}  # one linear layer: either will do
+    if len(kinds) > 1 or not kinds <= _ACTIVATION_GRADS.keys():
         return None
-    return linears  # type: ignore[return-value]
+    return linears, kinds.pop()  # type: ignore[return-value]
 
 
-def activation_name(layers: nn.Sequential) -> str:
-    """'tanh' or 'relu' for a network :func:`plain_mlp_layers` accepts (linear: 'tanh')."""
-    modules = list(layers)
-    return _ACTIVATIONS[type(modules[1])] if len(modules) > 1 else "tanh"
-
-
-def _forward(x: torch.Tensor, layers: Layers, activation: str) -> tuple[torch.Tensor, list]:
+def _forward(
+    x: torch.Tensor, layers: Layers, activation: type[nn.Module]
+) -> tuple[torch.Tensor, list]:
     """Output and the input of every layer (the activations the backward pass needs)."""
+    act = PLAIN_ACTIVATIONS[activation]
     inputs = [x]
     h = x
     for weight, bias in layers[:-1]:
-        h = torch.addmm(bias, h, weight.t())
-        h = h.tanh_() if activation == "tanh" else h.relu_()
+        h = act(torch.addmm(bias, h, weight.t()))
         inputs.append(h)
     weight, bias = layers[-1]
     return torch.addmm(bias, h, weight.t()), inputs
 
 
 def _backward(
-    grad: torch.Tensor, layers: Layers, inputs: list, activation: str
+    grad: torch.Tensor, layers: Layers, inputs: list, activation: type[nn.Module]
 ) -> list[torch.Tensor]:
     """[∂W_1, ∂b_1, …, ∂W_L, ∂b_L] from ∂/∂output (rows: samples)."""
+    act_grad = _ACTIVATION_GRADS[activation]
     grads: list[torch.Tensor] = []
     for layer in range(len(layers) - 1, -1, -1):
         weight, h_in = layers[layer][0], inputs[layer]
         grads += [grad.sum(0), grad.t().mm(h_in)]  # reversed below: bias, weight
         if layer == 0:
             break
-        grad = grad.mm(weight)
-        if activation == "tanh":
-            grad = torch.ops.aten.tanh_backward(grad, h_in)
-        else:
-            grad = torch.ops.aten.threshold_backward(grad, h_in, 0.0)
+        grad = act_grad(grad.mm(weight), h_in)
     return grads[::-1]  # weight, bias per layer, first layer first
 
 
@@ -168,7 +165,7 @@ def ppo_minibatch_loss(
     policy_layers: Sequence[nn.Linear],
     log_std: torch.Tensor,
     value_layers: Sequence[nn.Linear],
-    activation: str,
+    activation: type[nn.Module],
     clip_range: float,
     clip_range_vf: float | None,
     vf_coef: float,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,13 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+# Activation modules whose function PlainForward (and rlgrad.fused_ppo) call directly.
+PLAIN_ACTIVATIONS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: torch.tanh,
+    nn.ReLU: torch.relu,
+}
+
+
 class PlainForward:
     """``layers(x)`` for an ``nn.Sequential`` of ``nn.Linear``, ``nn.Tanh`` and ``nn.ReLU``
     modules as plain function calls, without ``nn.Module``'s per-call machinery: for acting,
@@ -35,21 +42,19 @@ class PlainForward:
     itself wherever something observes its forward (e.g. ``rlgrad.diagnostics.LinearTape``).
     """
 
-    _ACTIVATIONS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu}
-
     def __init__(self, layers: nn.Sequential):
         self.steps: list[tuple[dict[str, torch.Tensor], None] | tuple[None, object]] = []
         for layer in layers:
             if type(layer) is nn.Linear:
                 self.steps.append((layer._parameters, None))  # type: ignore[arg-type]
-            elif type(layer) in self._ACTIVATIONS:
-                self.steps.append((None, self._ACTIVATIONS[type(layer)]))
+            elif type(layer) in PLAIN_ACTIVATIONS:
+                self.steps.append((None, PLAIN_ACTIVATIONS[type(layer)]))
             else:
                 raise TypeError(f"PlainForward: unsupported layer {type(layer).__name__}")
 
     @classmethod
     def supports(cls, layers: nn.Sequential) -> bool:
-        return all(type(m) is nn.Linear or type(m) in cls._ACTIVATIONS for m in layers)
+        return all(type(m) is nn.Linear or type(m) in PLAIN_ACTIVATIONS for m in layers)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         for params, activation in self.steps:
