@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -74,24 +73,30 @@ def execute_run(job: RunJob) -> RunResult:
     leaves its traceback in ``RUN_DIR/error.txt`` and no ``result.json``.
     """
     from rlgrad.checkpoint import CheckpointError
+    from rlgrad.commands.train import prepare_run_dir
     from rlgrad.config import validate
+    from rlgrad.run_lock import RunDirInUse, hold_run_dir
     from rlgrad.runner import TrainingInterrupted, train
 
     start = time.perf_counter()
     run_dir = Path(job.run_dir)
     try:
         cfg = validate(job.config)
-        result = None
-        if job.resume:
-            (run_dir / ERROR_FILE).unlink(missing_ok=True)
-            try:
-                result = train(cfg, run_dir, quiet=True, resume=True)
-            except CheckpointError:
-                result = None  # an unusable checkpoint: start the run again
-        if result is None:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            result = train(cfg, run_dir, quiet=True)
+        # The run directory's lock for the whole job: a straggler from an earlier invocation
+        # that still trains this run makes this one fail (RunDirInUse), never share it.
+        with hold_run_dir(run_dir):
+            result = None
+            if job.resume:
+                (run_dir / ERROR_FILE).unlink(missing_ok=True)
+                try:
+                    result = train(cfg, run_dir, quiet=True, resume=True)
+                except CheckpointError:
+                    result = None  # an unusable checkpoint: start the run again
+            if result is None:
+                prepare_run_dir(run_dir, overwrite=True)  # everything but the lock file
+                result = train(cfg, run_dir, quiet=True)
+    except RunDirInUse as exc:  # another process's run: leave its directory alone
+        return RunResult(job.run_dir, False, time.perf_counter() - start, error=one_line(exc))
     except TrainingInterrupted as stop:
         error = f"stopped at step {stop.global_step} (checkpoint saved; a rerun resumes it)"
         return RunResult(job.run_dir, False, time.perf_counter() - start, error=error)

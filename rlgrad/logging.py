@@ -30,17 +30,36 @@ class JsonlSink:
     """``metrics.jsonl``: one JSON object per record, each with ``global_step``.
 
     ``truncate_to`` (a byte offset from :meth:`position`) drops the rows a killed run wrote
-    after its last checkpoint, so that a resumed run continues without duplicates.
+    after its last checkpoint, so that a resumed run continues without duplicates. It only
+    ever shortens the file: one shorter than that (rows before the checkpoint were lost) is
+    refused with a :class:`~rlgrad.checkpoint.CheckpointError`, never padded.
     """
 
     def __init__(self, path: Path, truncate_to: int | None = None):
         if truncate_to is not None:
-            with open(path, "r+b") as existing:
-                existing.truncate(truncate_to)
+            self.check_resumable(path, truncate_to)
+            if path.is_file():
+                with open(path, "r+b") as existing:
+                    existing.truncate(truncate_to)
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
+    @staticmethod
+    def check_resumable(path: Path, truncate_to: int) -> None:
+        """Refuse to continue ``path`` from byte ``truncate_to`` if it is shorter than that."""
+        from rlgrad.checkpoint import RESTART_HINT, CheckpointError  # imports torch: only here
+
+        size = path.stat().st_size if path.is_file() else 0
+        if size < truncate_to:
+            raise CheckpointError(
+                f"{path} is {size} bytes, shorter than the {truncate_to} its checkpoint "
+                f"recorded: rows written before the checkpoint were lost; {RESTART_HINT}"
+            )
+
     def position(self) -> int:
-        """Bytes written so far (every row is flushed as it is written)."""
+        """Bytes written so far, on disk: rows are flushed as written, and fsync-ed here,
+        since a checkpoint records this offset and must not point past what survives a crash."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
         return self.file.tell()
 
     def write(self, metrics: Metrics, step: int) -> None:

@@ -51,6 +51,17 @@ class StudySpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     threshold: float | dict[str, float] | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name is a folder under the output folder (``studies/NAME``): it must stay there."""
+        if value in (".", "..") or any(sep in value for sep in ("/", "\\", "\0")):
+            raise ValueError(
+                f"{value!r} is not a plain folder name; a study name may not be '.' or '..' "
+                "or contain '/', '\\' or NUL (it names the folder studies/NAME)"
+            )
+        return value
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, value: Any) -> Any:

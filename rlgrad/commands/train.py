@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlgrad.config import RunConfig, load_config
 from rlgrad.errors import UsageError
+from rlgrad.run_lock import LOCK_FILE, hold_run_dir
 
 
 def default_run_dir(config_path: str) -> Path:
@@ -22,7 +23,11 @@ def default_run_dir(config_path: str) -> Path:
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to write into a directory that already holds a run, unless told to overwrite."""
+    """Refuse to write into a directory that already holds a run, unless told to overwrite.
+
+    The caller holds the directory's lock (:func:`rlgrad.run_lock.hold_run_dir`); an overwrite
+    deletes everything in it but the lock file.
+    """
     holds_run = (run_dir / "config.yaml").exists() or (run_dir / "metrics.jsonl").exists()
     if holds_run and not overwrite:
         raise UsageError(
@@ -31,7 +36,13 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             "or choose another --run-dir"
         )
     if holds_run:
-        shutil.rmtree(run_dir)
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 RESUMABLE_KEYS = ("total_steps",)
@@ -72,13 +83,21 @@ def load_run(args: argparse.Namespace) -> tuple[RunConfig, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from rlgrad.envs import check_spaces
-    from rlgrad.learner import NonFiniteError
-    from rlgrad.runner import CHECKPOINT_FILE, TrainingInterrupted, train
 
     cfg, run_dir = load_run(args)
     check_spaces(cfg.env.id, **cfg.env.kwargs)
-    if not args.resume:
+    if args.resume:  # train() takes the run directory's lock itself
+        return train_and_report(cfg, run_dir, args)
+    with hold_run_dir(run_dir):  # before --overwrite deletes anything; train() re-enters it
         prepare_run_dir(run_dir, args.overwrite)
+        return train_and_report(cfg, run_dir, args)
+
+
+def train_and_report(cfg: RunConfig, run_dir: Path, args: argparse.Namespace) -> int:
+    """Train (or resume) the run and print how it ended; returns the exit code."""
+    from rlgrad.learner import NonFiniteError
+    from rlgrad.runner import CHECKPOINT_FILE, TrainingInterrupted, train
+
     try:
         result = train(cfg, run_dir, quiet=args.quiet, resume=bool(args.resume))
     except TrainingInterrupted as stop:
