@@ -19,22 +19,27 @@ with Â standardised per minibatch and the gradient norm clipped at ``max_grad_n
 ``losses/policy``, ``losses/value``, ``losses/entropy``, ``losses/approx_kl`` (the estimator
 mean((ρ − 1) − log ρ), as SB3), ``losses/clip_fraction`` (share of |ρ − 1| > ε), all averaged
 over the update's minibatches, and ``losses/explained_variance``.
+
+The minibatch loss is :func:`ppo_loss` below. It is registered with a fused stand-in
+(``rlgrad.kernels.ppo``: the same loss and gradients to float rounding, one autograd node with a
+hand-written backward pass) that ``learner.kernels=auto`` uses for tanh and ReLU networks.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from rlgrad import diagnostics
-from rlgrad.agents.reinforce import GaussianPolicy, ValueFunction
+from rlgrad import diagnostics, kernels
 from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.envs import EnvSpec
-from rlgrad.fused_ppo import plain_mlp_layers, ppo_minibatch_loss
+from rlgrad.kernels import ppo as fused
 from rlgrad.learner import Learner
-from rlgrad.rollout import RolloutBuffer
+from rlgrad.networks import GaussianPolicy, ValueFunction
+from rlgrad.on_policy import OnPolicyAgent
 
 
 class Config(AgentConfig):
@@ -85,66 +90,98 @@ def value_loss(
     return (returns - values).pow(2).mean()
 
 
-class Agent:
+@dataclass(frozen=True)
+class PPOLossOptions:
+    """The constants of :func:`ppo_loss` (from the agent's config)."""
+
+    clip_range: float
+    clip_range_vf: float | None
+    vf_coef: float
+    ent_coef: float
+    normalize_advantage: bool
+
+
+def ppo_loss(
+    policy: GaussianPolicy,
+    value: ValueFunction,
+    options: PPOLossOptions,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO loss on one minibatch, and its detached parts for logging (the reference that
+    ``rlgrad.kernels.ppo.fused_ppo_loss`` stands in for, registered below)."""
+    if options.normalize_advantage and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    dist = policy(obs)
+    log_ratio = dist.log_prob(actions) - old_log_prob
+    ratio = log_ratio.exp()
+    pg_loss, clip_fraction = clipped_surrogate(ratio, advantages, options.clip_range)
+    v_loss = value_loss(value(obs), old_values, returns, options.clip_range_vf)
+    entropy = dist.entropy().mean()
+    loss = pg_loss + options.vf_coef * v_loss - options.ent_coef * entropy
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+    return loss, {
+        "policy": pg_loss.detach(),
+        "value": v_loss.detach(),
+        "entropy": entropy.detach(),
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+kernels.register(
+    kernels.Kernel(
+        name="ppo_loss",
+        reference=ppo_loss,
+        fused=fused.fused_ppo_loss,
+        supports=fused.supports,
+        example=fused.example,
+    )
+)
+
+
+class Agent(OnPolicyAgent):
+    """PPO on :class:`rlgrad.on_policy.OnPolicyAgent`: GAE(λ), epochs of clipped minibatch
+    steps, and the diagnostics of its policy loss at θ_old."""
+
+    value: ValueFunction
+
     def __init__(
         self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int = 0
     ):
-        self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
-        self.total_steps = total_steps
-        device = learner.device
-        self.policy = GaussianPolicy(
-            spec.obs_dim,
-            spec.act_dim,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.log_std_init,
-            cfg.ortho_init,
-        ).to(device)
-        self.value = ValueFunction(
-            spec.obs_dim, cfg.hidden_sizes, cfg.activation, cfg.ortho_init
-        ).to(device)
+        super().__init__(cfg, spec, learner, n_envs, total_steps, value=True)
+        self.cfg: Config = cfg
         params = [*self.policy.parameters(), *self.value.parameters()]
-        learner.add_optimizer("ppo", params, cfg.learning_rate, eps=1e-5)
-        self.buffer = RolloutBuffer(cfg.n_steps, n_envs, spec.obs_dim, spec.act_dim, device)
-        self.updates = 0
-        self.last_rollout: dict | None = None  # for diagnose(), see remember_rollout
-        # The minibatch loss: through torch.compile when learner.compile is set; otherwise, for
-        # tanh/ReLU MLPs, as one node with a hand-written backward (rlgrad.fused_ppo: the same
-        # loss and gradients to float rounding, about twice as fast on CPU).
-        self.compiled_minibatch_loss = learner.compile(self.minibatch_loss)
-        policy_mlp, value_mlp = plain_mlp_layers(self.policy.mean), plain_mlp_layers(self.value.net)
-        self.fused_layers = None
-        if policy_mlp and value_mlp and policy_mlp[1] is value_mlp[1] and not learner.cfg.compile:
-            self.fused_layers = (policy_mlp[0], value_mlp[0], policy_mlp[1])
-
-    # ---- acting -------------------------------------------------------------------------
-    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
-        return self.policy.sample_action(obs)
-
-    @torch.no_grad()
-    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.mean_action(obs)
-
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+        self.add_optimizer("ppo", params, cfg.learning_rate, eps=1e-5)
+        self.loss_options = PPOLossOptions(
+            clip_range=cfg.clip_range,
+            clip_range_vf=cfg.clip_range_vf,
+            vf_coef=cfg.vf_coef,
+            ent_coef=cfg.ent_coef,
+            normalize_advantage=cfg.normalize_advantage,
+        )
+        # ppo_loss, or for tanh/ReLU MLPs its fused stand-in (one node with a hand-written
+        # backward, about twice as fast on CPU), as learner.kernels selects; the reference
+        # through torch.compile when learner.compile is set.
+        bound = learner.kernel(ppo_loss, self.policy, self.value, self.loss_options)
+        self.minibatch_loss = learner.compile(bound) if bound.kind == "reference" else bound
 
     # ---- learning -----------------------------------------------------------------------
-    def update(self, global_step: int) -> dict[str, torch.Tensor]:
-        if not self.buffer.full:
-            return {}
+    def learn(self, global_step: int, measure: bool) -> dict[str, torch.Tensor]:
         cfg, buf = self.cfg, self.buffer
-        if cfg.anneal_lr and self.total_steps > 0:
-            # The first update uses the full rate, the last one rate / n_updates (CleanRL).
-            frac = max(1.0 - (global_step - buf.size) / self.total_steps, 0.0)
-            self.learner.set_lr("ppo", frac * cfg.learning_rate)
-
         obs, actions = buf.flat("obs"), buf.flat("actions")
         with torch.no_grad():
             old_log_prob = self.policy(obs).log_prob(actions)
             old_values = self.value(obs)
             next_values = self.value(buf.flat("next_obs"))
         advantages, returns = buf.compute_gae(old_values, next_values, cfg.gamma, cfg.gae_lambda)
-        self.remember_rollout(obs, actions, old_log_prob, advantages)
+        if measure:
+            self.snapshot(old_log_prob=old_log_prob, advantages=advantages)
 
         sums: torch.Tensor | None = None  # the minibatches' stats, stacked, summed
         n_minibatches, stop = 0, False
@@ -154,10 +191,7 @@ class Agent:
             )
             for minibatch in batches:
                 self.learner.mark_step()
-                if self.fused_layers is not None:
-                    loss, stats = self.fused_minibatch_loss(minibatch)
-                else:
-                    loss, stats = self.compiled_minibatch_loss(*minibatch)
+                loss, stats = self.minibatch_loss(*minibatch)
                 # As SB3: stop before a step that would move the policy too far from π_old.
                 if cfg.target_kl is not None and float(stats["approx_kl"]) > 1.5 * cfg.target_kl:
                     stop = True
@@ -178,84 +212,14 @@ class Agent:
         metrics["charts/learning_rate"] = torch.tensor(
             self.learner.optimizers["ppo"].param_groups[0]["lr"]
         )
-        self.buffer.reset()
-        self.updates += 1
         return metrics
 
-    def minibatch_loss(
-        self,
-        obs: torch.Tensor,
-        actions: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        old_values: torch.Tensor,
-        advantages: torch.Tensor,
-        returns: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The PPO loss on one minibatch, and its detached parts for logging."""
-        cfg = self.cfg
-        if cfg.normalize_advantage and advantages.numel() > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        policy = self.policy(obs)
-        log_ratio = policy.log_prob(actions) - old_log_prob
-        ratio = log_ratio.exp()
-        pg_loss, clip_fraction = clipped_surrogate(ratio, advantages, cfg.clip_range)
-        v_loss = value_loss(self.value(obs), old_values, returns, cfg.clip_range_vf)
-        entropy = policy.entropy().mean()
-        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-        with torch.no_grad():
-            approx_kl = ((ratio - 1.0) - log_ratio).mean()
-        return loss, {
-            "policy": pg_loss.detach(),
-            "value": v_loss.detach(),
-            "entropy": entropy.detach(),
-            "approx_kl": approx_kl,
-            "clip_fraction": clip_fraction,
-        }
-
-    def fused_minibatch_loss(
-        self, minibatch: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`minibatch_loss` through :func:`rlgrad.fused_ppo.ppo_minibatch_loss`."""
-        assert self.fused_layers is not None
-        policy_layers, value_layers, activation = self.fused_layers
-        cfg = self.cfg
-        return ppo_minibatch_loss(
-            minibatch,
-            policy_layers,
-            self.policy.log_std,
-            value_layers,
-            activation,
-            cfg.clip_range,
-            cfg.clip_range_vf,
-            cfg.vf_coef,
-            cfg.ent_coef,
-            cfg.normalize_advantage,
-        )
-
     # ---- diagnostics --------------------------------------------------------------------
-    def remember_rollout(
-        self,
-        obs: torch.Tensor,
-        actions: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantages: torch.Tensor,
-    ) -> None:
-        """Keep what :meth:`diagnose` needs of the rollout an update is about to use, with the
-        policy's parameters θ_old before that update (the buffer is reset after it)."""
-        buf = self.buffer
-        self.last_rollout = {
-            "params": {n: p.detach().clone() for n, p in self.policy.named_parameters()},
-            "obs": obs.clone(),
-            "actions": actions.clone(),
-            "old_log_prob": old_log_prob,
-            "advantages": advantages,
-            "terminated": buf.terminated[: buf.pos].clone(),
-            "truncated": buf.truncated[: buf.pos].clone(),
-        }
-
-    def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
-        """Per-sample gradients of PPO's policy loss at the start of the last update (θ = θ_old,
-        ρ = 1) on its whole rollout (the runner calls this right after ``update``).
+    def diagnose_snapshot(
+        self, r: dict[str, Any], cfg: DiagnosticsConfig
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of PPO's policy loss at the start of the measured update
+        (θ = θ_old, ρ = 1) on its whole rollout (``diagnose`` calls this on the snapshot).
 
         Per step, g_t = ∇θ [−min(ρ_t Â_t, clip(ρ_t, 1 ± ε) Â_t) − ent_coef · H(πθ(·|s_t))],
         ρ_t = πθ(a_t|s_t)/π_old(a_t|s_t), with Â standardised over the rollout (the update
@@ -264,8 +228,7 @@ class Agent:
         ``grad/score/<stat>_per_step`` and ``grad/score/<stat>_per_episode`` (see
         :func:`rlgrad.diagnostics.step_and_episode_statistics`).
         """
-        r = self.last_rollout
-        if r is None or r["obs"].shape[0] < 2:
+        if r["obs"].shape[0] < 2:
             return {}
         advantages = r["advantages"]
         if self.cfg.normalize_advantage:
@@ -297,18 +260,3 @@ class Agent:
         return diagnostics.per_sample_grads(
             self.policy, loss, obs, actions, old_log_prob, advantages, params=params
         )
-
-    # ---- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "value": self.value.state_dict(),
-            "buffer": self.buffer.state_dict(),
-            "updates": self.updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.updates = int(state["updates"])

@@ -29,20 +29,17 @@ boundary) unless ``drop_incomplete`` gives those steps weight zero.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from rlgrad import diagnostics
 from rlgrad.config import AgentConfig, DiagnosticsConfig
-from rlgrad.distributions import Gaussian
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
-from rlgrad.networks import ACTIVATIONS, PlainForward
-from rlgrad.rollout import RolloutBuffer, discounted_returns, gae
+from rlgrad.on_policy import OnPolicyAgent
+from rlgrad.rollout import discounted_returns, gae
 
 
 class Config(AgentConfig):
@@ -75,71 +72,6 @@ class Config(AgentConfig):
     ortho_init: bool = True
 
 
-def layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
-    """Orthogonal weights with ``gain``, zero bias (as Stable-Baselines3 and CleanRL)."""
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def mlp_head(
-    sizes: list[int], activation: str, out_dim: int, out_gain: float, ortho: bool
-) -> nn.Sequential:
-    """Hidden layers of ``sizes`` (gain √2) then a linear output of ``out_dim`` (``out_gain``)."""
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        linear = nn.Linear(n_in, n_out)
-        layers += [layer_init(linear, math.sqrt(2)) if ortho else linear, ACTIVATIONS[activation]()]
-    head = nn.Linear(sizes[-1], out_dim)
-    layers.append(layer_init(head, out_gain) if ortho else head)
-    return nn.Sequential(*layers)
-
-
-class GaussianPolicy(nn.Module):
-    """s ↦ N(μ(s), diag exp(log σ)²), log σ a state-independent parameter."""
-
-    def __init__(
-        self,
-        obs_dim: int,
-        act_dim: int,
-        hidden: list[int],
-        activation: str,
-        log_std_init: float,
-        ortho: bool,
-    ):
-        super().__init__()
-        self.mean = mlp_head([obs_dim, *hidden], activation, act_dim, 0.01, ortho)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
-        self._acting_mean = PlainForward(self.mean) if PlainForward.supports(self.mean) else None
-
-    def forward(self, obs: torch.Tensor) -> Gaussian:
-        return Gaussian.from_log_std(self.mean(obs), self.log_std)
-
-    @torch.no_grad()
-    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
-        """a = μ(s) + σ ε, ε ~ N(0, I): the value and random draw of ``self(obs).sample()``,
-        without building the distribution, and through :class:`PlainForward` (acting is once
-        per env step: its per-call cost counts)."""
-        mean = self.mean_action(obs)
-        return torch.randn_like(mean).mul_(self.log_std.exp()).add_(mean)
-
-    @torch.no_grad()
-    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
-        """μ(s), the Gaussian's mode (deterministic acting), through :class:`PlainForward`."""
-        return self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
-
-
-class ValueFunction(nn.Module):
-    """s ↦ V(s), a scalar per state: (B, obs_dim) ↦ (B,)."""
-
-    def __init__(self, obs_dim: int, hidden: list[int], activation: str, ortho: bool):
-        super().__init__()
-        self.net = mlp_head([obs_dim, *hidden], activation, 1, 1.0, ortho)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
-
-
 def policy_gradient_loss(
     log_prob: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -164,58 +96,25 @@ def normalize(
     return ((x - mean) if center else x) / (std + 1e-8)
 
 
-class Agent:
+class Agent(OnPolicyAgent):
+    """REINFORCE on :class:`rlgrad.on_policy.OnPolicyAgent`: its advantages, its one policy
+    step per rollout, the value regression and the baselines' diagnostics."""
+
     def __init__(
         self, cfg: Config, spec: EnvSpec, learner: Learner, n_envs: int, total_steps: int = 0
     ):
-        self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
-        self.total_steps = total_steps
-        device = learner.device
-        self.policy = GaussianPolicy(
-            spec.obs_dim,
-            spec.act_dim,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.log_std_init,
-            cfg.ortho_init,
-        ).to(device)
-        learner.add_optimizer("policy", self.policy.parameters(), cfg.learning_rate)
         self.uses_value = cfg.baseline in ("value", "gae")
-        self.value: ValueFunction | None = None
-        if self.uses_value:
-            self.value = ValueFunction(
-                spec.obs_dim, cfg.hidden_sizes, cfg.activation, cfg.ortho_init
-            ).to(device)
-            learner.add_optimizer("value", self.value.parameters(), cfg.value_learning_rate)
-        self.buffer = RolloutBuffer(cfg.n_steps, n_envs, spec.obs_dim, spec.act_dim, device)
-        self.return_mean = torch.zeros((), device=device)
+        super().__init__(cfg, spec, learner, n_envs, total_steps, value=self.uses_value)
+        self.cfg: Config = cfg
+        self.add_optimizer("policy", self.policy.parameters(), cfg.learning_rate)
+        if self.value is not None:
+            self.add_optimizer("value", self.value.parameters(), cfg.value_learning_rate)
+        self.return_mean = torch.zeros((), device=learner.device)
         self.return_mean_ready = False
-        self.updates = 0
-        self.last_rollout: dict | None = None  # for diagnose(), see remember_rollout
-
-    # ---- acting -------------------------------------------------------------------------
-    def act(self, obs: torch.Tensor, global_step: int) -> torch.Tensor:
-        return self.policy.sample_action(obs)
-
-    @torch.no_grad()
-    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.mean_action(obs)
-
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
 
     # ---- learning -----------------------------------------------------------------------
-    def update(self, global_step: int) -> dict[str, torch.Tensor]:
-        if not self.buffer.full:
-            return {}
+    def learn(self, global_step: int, measure: bool) -> dict[str, torch.Tensor]:
         cfg, buf = self.cfg, self.buffer
-        if cfg.anneal_lr and self.total_steps > 0:
-            # The first update uses the full rate, the last one rate / n_updates (CleanRL).
-            frac = max(1.0 - (global_step - buf.size) / self.total_steps, 0.0)
-            self.learner.set_lr("policy", frac * cfg.learning_rate)
-            if self.uses_value:
-                self.learner.set_lr("value", frac * cfg.value_learning_rate)
-
         obs = buf.flat("obs")
         values = next_values = None
         if self.value is not None:
@@ -232,7 +131,13 @@ class Agent:
         pg_loss = policy_gradient_loss(log_prob, adv, weights)
         entropy = policy.entropy().mean()
         loss = pg_loss - cfg.ent_coef * entropy
-        self.remember_rollout(obs, adv, weights, values, next_values)
+        if measure:
+            self.snapshot(
+                advantages=adv.detach(),  # Â as the loss uses it (normalised)
+                weights=weights,
+                values=values,
+                next_values=next_values,
+            )
         grad_norm = self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
 
         metrics = {
@@ -246,8 +151,6 @@ class Agent:
             metrics["losses/baseline"] = self.return_mean.clone()
         if values is not None:
             metrics.update(self.fit_value(obs, returns, values))
-        self.buffer.reset()
-        self.updates += 1
         return metrics
 
     def advantages(
@@ -297,33 +200,11 @@ class Agent:
         }
 
     # ---- diagnostics --------------------------------------------------------------------
-    def remember_rollout(
-        self,
-        obs: torch.Tensor,
-        advantages: torch.Tensor,
-        weights: torch.Tensor | None,
-        values: torch.Tensor | None,
-        next_values: torch.Tensor | None,
-    ) -> None:
-        """Keep what :meth:`diagnose` needs of the rollout an update is about to use, with the
-        policy's parameters θ_old before that update (the buffer is reset after it)."""
-        buf = self.buffer
-        self.last_rollout = {
-            "params": {n: p.detach().clone() for n, p in self.policy.named_parameters()},
-            "obs": obs.clone(),
-            "actions": buf.flat("actions").clone(),
-            "advantages": advantages.detach(),  # Â as the loss uses it (normalised)
-            "weights": weights,
-            "values": values,
-            "next_values": next_values,
-            "rewards": buf.rewards[: buf.pos].clone(),
-            "terminated": buf.terminated[: buf.pos].clone(),
-            "truncated": buf.truncated[: buf.pos].clone(),
-        }
-
-    def diagnose(self, cfg: DiagnosticsConfig) -> dict[str, torch.Tensor]:
-        """Per-sample gradients of the policy loss of the last update, on its rollout, at the
-        parameters θ_old it was computed at (the runner calls this right after ``update``).
+    def diagnose_snapshot(
+        self, r: dict[str, Any], cfg: DiagnosticsConfig
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of the policy loss of the measured update, on its rollout, at
+        the parameters θ_old it was computed at (``diagnose`` calls this on the snapshot).
 
         ``grad/score/<stat>_per_step`` and ``grad/score/<stat>_per_episode`` (see
         :func:`rlgrad.diagnostics.step_and_episode_statistics`; ``grad/score/episodes`` counts
@@ -336,9 +217,6 @@ class Agent:
         and with a value function ``value`` Â = Ĝ − V(s) and ``gae`` GAE(λ); Ĝ is the agent's
         reward-to-go (bootstrapped iff it has a V).
         """
-        r = self.last_rollout
-        if r is None:
-            return {}
         episode, n_episodes = diagnostics.episode_index(r["terminated"], r["truncated"])
         rows = None if r["weights"] is None else r["weights"] > 0
         if rows is not None:
@@ -394,7 +272,7 @@ class Agent:
 
         return diagnostics.per_sample_grads(self.policy, loss, obs, actions, params=params)
 
-    def baseline_advantages(self, r: dict) -> dict[str, torch.Tensor]:
+    def baseline_advantages(self, r: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Unnormalised advantages of every baseline this agent can compute, flat."""
         cfg = self.cfg
         next_values = r["next_values"]
@@ -424,21 +302,12 @@ class Agent:
         return out
 
     # ---- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "value": self.value.state_dict() if self.value is not None else None,
-            "buffer": self.buffer.state_dict(),
-            "return_mean": self.return_mean.clone(),
-            "return_mean_ready": self.return_mean_ready,
-            "updates": self.updates,
-        }
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(return_mean=self.return_mean.clone(), return_mean_ready=self.return_mean_ready)
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        if self.value is not None:
-            self.value.load_state_dict(state["value"])
-        self.buffer.load_state_dict(state["buffer"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.return_mean.copy_(state["return_mean"])
         self.return_mean_ready = bool(state["return_mean_ready"])
-        self.updates = int(state["updates"])

@@ -1,10 +1,16 @@
 """Buffers whose storage is preallocated torch tensors on the learner's device.
 
-``ReplayBuffer`` is the off-policy ring buffer: one row per transition, no Python object per
-transition, uniform sampling on the device. It keeps ``terminated`` and ``truncated`` apart:
-a bootstrapped target r + γ (1 − terminated) V(s') bootstraps through a time-limit truncation
-(whose s' is the true last observation, not the next episode's first) and not through a
-termination.
+:class:`TransitionTable` is what both buffers share: one preallocated tensor per field of a
+transition (obs, actions, rewards, next_obs, terminated, truncated) with leading row dimensions,
+written by one ``copy_`` per field, saved and restored field by field with shape checks. Each
+buffer keeps its own indexing:
+
+* ``ReplayBuffer`` (here) is the off-policy ring buffer: one row per transition, no Python object
+  per transition, uniform sampling on the device. It keeps ``terminated`` and ``truncated``
+  apart: a bootstrapped target r + γ (1 − terminated) V(s') bootstraps through a time-limit
+  truncation (whose s' is the true last observation, not the next episode's first) and not
+  through a termination.
+* ``rlgrad.rollout.RolloutBuffer`` holds one on-policy rollout, rows (time, env).
 """
 
 from __future__ import annotations
@@ -25,8 +31,83 @@ class Transitions(NamedTuple):
     truncated: torch.Tensor
 
 
-class ReplayBuffer:
+class TransitionTable:
+    """The fields of :class:`Transitions`, each a tensor of shape ``(*rows, *field_shape)`` on
+    ``device``, as attributes of the same names (``self.obs``, …).
+
+    ``zeroed=False`` leaves the storage uninitialised: only rows a subclass has written are ever
+    read or saved, and the pages of rows not yet written cost no memory (zeros would touch all
+    of them at once).
+    """
+
+    FIELDS: tuple[str, ...] = Transitions._fields
+    KIND = "buffer"
+    """What the buffer is called in checkpoint errors."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+
+    def __init__(
+        self,
+        rows: tuple[int, ...],
+        obs_dim: int,
+        act_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        zeroed: bool = True,
+    ):
+        self.device = torch.device(device)
+        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "next_obs": (obs_dim,)}
+        flags = ("terminated", "truncated")
+        allocate = torch.zeros if zeroed else torch.empty
+        for name in self.FIELDS:
+            field_dtype = torch.bool if name in flags else dtype
+            store = allocate((*rows, *shapes.get(name, ())), dtype=field_dtype, device=self.device)
+            setattr(self, name, store)
+        self._fields: tuple[torch.Tensor, ...] = tuple(getattr(self, n) for n in self.FIELDS)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the storage tensors."""
+        return sum(t.element_size() * t.nelement() for t in self._fields)
+
+    def _write(self, index: int | slice, values: tuple[torch.Tensor, ...]) -> None:
+        """``store[index] = value`` for every field, one ``copy_`` each (in field order)."""
+        for store, value in zip(self._fields, values, strict=True):
+            # copy_ converts dtype and device in place: no temporary on the device. A value of
+            # another shape must hold the rows' elements exactly (reshape), never broadcast.
+            rows = store[index]
+            rows.copy_(value if value.shape == rows.shape else value.reshape(rows.shape))
+
+    def _fields_state(self, n: int) -> dict[str, torch.Tensor | int]:
+        """Copies of the first ``n`` rows (along the first dimension) of every field."""
+        return {
+            name: store[:n].clone() for name, store in zip(self.FIELDS, self._fields, strict=True)
+        }
+
+    def _load_fields(self, state: dict, n: int) -> None:
+        """Restore the first ``n`` rows of every field from :meth:`_fields_state`'s output,
+        refusing values of another shape."""
+        for name, store in zip(self.FIELDS, self._fields, strict=True):
+            value = state[name]
+            expected = (n, *store.shape[1:])
+            if tuple(value.shape) != expected:
+                raise ValueError(
+                    f"checkpoint {self.KIND} field {name} has shape {tuple(value.shape)}, "
+                    f"expected ({', '.join(map(str, expected))})"
+                )
+        for name, store in zip(self.FIELDS, self._fields, strict=True):
+            store[:n] = state[name].to(self.device)
+
+
+class ReplayBuffer(TransitionTable):
     """A ring buffer of ``capacity`` transitions stored as tensors on ``device``."""
+
+    KIND = "replay buffer"
 
     def __init__(
         self,
@@ -38,40 +119,13 @@ class ReplayBuffer:
     ):
         if capacity <= 0:
             raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
-        self.capacity, self.device = capacity, torch.device(device)
-
-        def empty(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-            # Uninitialised: only rows below ``size`` are ever read or saved, and the pages of
-            # rows not yet written cost no memory (zeros would touch all of them at once).
-            return torch.empty((capacity, *shape), dtype=dtype, device=self.device)
-
-        self.obs = empty(obs_dim)
-        self.next_obs = empty(obs_dim)
-        self.actions = empty(act_dim)
-        self.rewards = empty()
-        self.terminated = empty(dtype=torch.bool)
-        self.truncated = empty(dtype=torch.bool)
-        self._fields = self._storage()
+        super().__init__((capacity,), obs_dim, act_dim, device, dtype, zeroed=False)
+        self.capacity = capacity
         self.pos = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the storage tensors."""
-        return sum(t.element_size() * t.nelement() for t in self._storage())
-
-    def _storage(self) -> tuple[torch.Tensor, ...]:
-        return (
-            self.obs,
-            self.actions,
-            self.rewards,
-            self.next_obs,
-            self.terminated,
-            self.truncated,
-        )
 
     def add(
         self,
@@ -89,10 +143,7 @@ class ReplayBuffer:
         pos, end = self.pos, self.pos + n
         values = (obs, actions, rewards, next_obs, terminated, truncated)
         if end <= self.capacity:
-            # One copy_ per field into a slice: converts dtype and device in place.
-            for store, value in zip(self._fields, values, strict=True):
-                rows = store[pos:end]
-                rows.copy_(value if value.shape == rows.shape else value.reshape(rows.shape))
+            self._write(slice(pos, end), values)  # one copy_ per field into a slice
         else:  # wraps around the end of the ring
             idx = torch.arange(pos, end, device=self.device) % self.capacity
             for store, value in zip(self._fields, values, strict=True):
@@ -106,14 +157,10 @@ class ReplayBuffer:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
         # index_select: the same rows as store[idx], in about 60% of its time on CPU.
-        return Transitions(*(store.index_select(0, idx) for store in self._storage()))
+        return Transitions(*(store.index_select(0, idx) for store in self._fields))
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
-        names = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
-        state: dict[str, torch.Tensor | int] = {
-            name: store[: self.size].clone()
-            for name, store in zip(names, self._storage(), strict=True)
-        }
+        state = self._fields_state(self.size)
         state.update(pos=self.pos, size=self.size)
         return state
 
@@ -123,6 +170,5 @@ class ReplayBuffer:
             raise ValueError(
                 f"checkpoint holds {size} transitions, buffer capacity is {self.capacity}"
             )
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated"):
-            getattr(self, name)[:size] = state[name].to(self.device)
+        self._load_fields(state, size)
         self.pos, self.size = int(state["pos"]), size

@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypeVar, Union, get_origin
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,6 @@ class CheckpointConfig(Section):
 
 class LearnerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_grad_norm: float | None = Field(None, gt=0)
     max_nonfinite: int = Field(100, gt=0)
     """Consecutive updates with a non-finite loss or gradient before the run stops."""
     torch_threads: int | None = Field(None, gt=0)
@@ -93,11 +92,26 @@ class LearnerConfig(Section):
     (e.g. no C++ compiler), the run warns and goes on eagerly."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     """``torch.compile``'s mode; ``reduce-overhead`` also captures CUDA graphs (GPU only)."""
+    kernels: Literal["auto", "reference", "fused"] = "auto"
+    """Fast kernels (``rlgrad.kernels``): ``auto`` uses a registered fused stand-in wherever it
+    supports the network at hand and the reference elsewhere; ``reference`` trains through the
+    code the agent file shows; ``fused`` is ``auto`` that refuses to fall back. The run's first
+    console line and config.yaml record which kernels are active."""
     nonfinite_check_interval: int = Field(1, gt=0)
     """Optimiser steps between host reads of the non-finite guard. 1: at every step (a host
     sync, free on CPU). N > 1: a non-finite step is still skipped at once, on the device, but
     the skips are counted, warned about and checked against ``max_nonfinite`` every N steps,
     so that a GPU update never waits for the host."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_grad_norm" in data:
+            raise ValueError(  # reported as "config key 'learner': <this>"
+                "no key max_grad_norm here (did you mean 'agent.max_grad_norm'? gradient "
+                "clipping is an agent setting, of PPO and REINFORCE)"
+            )
+        return data
 
 
 class DiagnosticsConfig(Section):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rlgrad.distributions import Gaussian
+from rlgrad.torch_private import linear_parameters
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -25,7 +28,16 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-# Activation modules whose function PlainForward (and rlgrad.fused_ppo) call directly.
+def mlp_heads(
+    trunk: nn.Sequential, heads: Sequence[nn.Module], x: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Each head applied to ``trunk(x)``: a shared body with several linear outputs (SAC's actor:
+    mean and log σ). The reference that ``rlgrad.kernels`` may replace by a fused stand-in."""
+    h = trunk(x)
+    return tuple(head(h) for head in heads)
+
+
+# Activation modules whose function PlainForward (and rlgrad.kernels.ppo) call directly.
 PLAIN_ACTIVATIONS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
     nn.Tanh: torch.tanh,
     nn.ReLU: torch.relu,
@@ -43,10 +55,10 @@ class PlainForward:
     """
 
     def __init__(self, layers: nn.Sequential):
-        self.steps: list[tuple[dict[str, torch.Tensor], None] | tuple[None, object]] = []
+        self.steps: list[tuple[Mapping[str, torch.Tensor], None] | tuple[None, object]] = []
         for layer in layers:
             if type(layer) is nn.Linear:
-                self.steps.append((layer._parameters, None))  # type: ignore[arg-type]
+                self.steps.append((linear_parameters(layer), None))  # type: ignore[arg-type]
             elif type(layer) in PLAIN_ACTIVATIONS:
                 self.steps.append((None, PLAIN_ACTIVATIONS[type(layer)]))
             else:
@@ -103,3 +115,71 @@ class EnsembleMLP(nn.Module):
 
     def detached_params(self) -> list[torch.Tensor]:
         return [p.detach() for p in (*self.weights, *self.biases)]
+
+
+# ---- the on-policy agents' networks (REINFORCE, PPO) ---------------------------------------
+
+
+def layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
+    """Orthogonal weights with ``gain``, zero bias (as Stable-Baselines3 and CleanRL)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp_head(
+    sizes: list[int], activation: str, out_dim: int, out_gain: float, ortho: bool
+) -> nn.Sequential:
+    """Hidden layers of ``sizes`` (gain √2) then a linear output of ``out_dim`` (``out_gain``)."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        linear = nn.Linear(n_in, n_out)
+        layers += [layer_init(linear, math.sqrt(2)) if ortho else linear, ACTIVATIONS[activation]()]
+    head = nn.Linear(sizes[-1], out_dim)
+    layers.append(layer_init(head, out_gain) if ortho else head)
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """s ↦ N(μ(s), diag exp(log σ)²), log σ a state-independent parameter."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: list[int],
+        activation: str,
+        log_std_init: float,
+        ortho: bool,
+    ):
+        super().__init__()
+        self.mean = mlp_head([obs_dim, *hidden], activation, act_dim, 0.01, ortho)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        self._acting_mean = PlainForward(self.mean) if PlainForward.supports(self.mean) else None
+
+    def forward(self, obs: torch.Tensor) -> Gaussian:
+        return Gaussian.from_log_std(self.mean(obs), self.log_std)
+
+    @torch.no_grad()
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """a = μ(s) + σ ε, ε ~ N(0, I): the value and random draw of ``self(obs).sample()``,
+        without building the distribution, and through :class:`PlainForward` (acting is once
+        per env step: its per-call cost counts)."""
+        mean = self.mean_action(obs)
+        return torch.randn_like(mean).mul_(self.log_std.exp()).add_(mean)
+
+    @torch.no_grad()
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """μ(s), the Gaussian's mode (deterministic acting), through :class:`PlainForward`."""
+        return self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
+
+
+class ValueFunction(nn.Module):
+    """s ↦ V(s), a scalar per state: (B, obs_dim) ↦ (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: list[int], activation: str, ortho: bool):
+        super().__init__()
+        self.net = mlp_head([obs_dim, *hidden], activation, 1, 1.0, ortho)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)

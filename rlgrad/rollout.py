@@ -1,7 +1,8 @@
 """On-policy storage and the return / advantage estimators computed over it.
 
 ``RolloutBuffer`` holds one rollout: ``n_steps`` vector steps of ``n_envs`` environments, as
-preallocated tensors of shape (n_steps, n_envs, ...) on the learner's device. It stores what the
+preallocated tensors of shape (n_steps, n_envs, ...) on the learner's device (a
+:class:`rlgrad.buffers.TransitionTable`, like the replay buffer). It stores what the
 runner hands an agent (obs, actions, rewards, true next observations, terminated, truncated) and
 nothing agent-specific: log-probabilities and values are recomputed by the agent in one batched
 call at update time (the policy has not changed since it acted, so they are the same numbers).
@@ -39,6 +40,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from rlgrad.buffers import TransitionTable
 
 
 def gae(
@@ -97,10 +100,11 @@ def complete_episodes(terminated: torch.Tensor, truncated: torch.Tensor) -> torc
     return done.flip(0).cummax(0).values.flip(0).bool()
 
 
-class RolloutBuffer:
-    """One rollout of ``n_steps`` × ``n_envs`` transitions in preallocated device tensors."""
+class RolloutBuffer(TransitionTable):
+    """One rollout of ``n_steps`` × ``n_envs`` transitions in preallocated device tensors, rows
+    (time, env)."""
 
-    FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
+    KIND = "rollout"
 
     def __init__(
         self,
@@ -113,18 +117,8 @@ class RolloutBuffer:
     ):
         if n_steps <= 0 or n_envs <= 0:
             raise ValueError(f"n_steps and n_envs must be positive, got {n_steps}, {n_envs}")
-        self.n_steps, self.n_envs, self.device = n_steps, n_envs, torch.device(device)
-
-        def empty(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-            return torch.zeros((n_steps, n_envs, *shape), dtype=dtype, device=self.device)
-
-        self.obs = empty(obs_dim)
-        self.actions = empty(act_dim)
-        self.rewards = empty()
-        self.next_obs = empty(obs_dim)
-        self.terminated = empty(dtype=torch.bool)
-        self.truncated = empty(dtype=torch.bool)
-        self._fields = self._storage()
+        super().__init__((n_steps, n_envs), obs_dim, act_dim, device, dtype)
+        self.n_steps, self.n_envs = n_steps, n_envs
         self.pos = 0
 
     @property
@@ -135,9 +129,6 @@ class RolloutBuffer:
     @property
     def full(self) -> bool:
         return self.pos == self.n_steps
-
-    def _storage(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, name) for name in self.FIELDS)
 
     def add(
         self,
@@ -151,15 +142,8 @@ class RolloutBuffer:
         """Store one vector step (leading dim: one row per env)."""
         if self.full:
             raise RuntimeError("rollout buffer is full; call reset() after using it")
-        pos = self.pos
-        for store, value in zip(
-            self._fields, (obs, actions, rewards, next_obs, terminated, truncated), strict=True
-        ):
-            # copy_ converts dtype and device in place: no temporary on the device. A value of
-            # another shape must hold the row's elements exactly (reshape), never broadcast.
-            row = store[pos]
-            row.copy_(value if value.shape == row.shape else value.reshape(row.shape))
-        self.pos = pos + 1
+        self._write(self.pos, (obs, actions, rewards, next_obs, terminated, truncated))
+        self.pos += 1
 
     def reset(self) -> None:
         self.pos = 0
@@ -226,10 +210,7 @@ class RolloutBuffer:
             yield tuple(t.index_select(0, idx) for t in tensors)
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
-        state: dict[str, torch.Tensor | int] = {
-            name: store[: self.pos].clone()
-            for name, store in zip(self.FIELDS, self._storage(), strict=True)
-        }
+        state = self._fields_state(self.pos)
         state["pos"] = self.pos
         return state
 
@@ -237,12 +218,5 @@ class RolloutBuffer:
         pos = int(state["pos"])
         if pos > self.n_steps:
             raise ValueError(f"checkpoint holds {pos} steps, rollout length is {self.n_steps}")
-        for name, store in zip(self.FIELDS, self._storage(), strict=True):
-            value = state[name]
-            if value.shape[1:] != store.shape[1:]:
-                raise ValueError(
-                    f"checkpoint rollout field {name} has shape {tuple(value.shape)}, "
-                    f"expected (*, {', '.join(map(str, store.shape[1:]))})"
-                )
-            store[:pos] = value.to(self.device)
+        self._load_fields(state, pos)
         self.pos = pos

@@ -204,6 +204,12 @@ def test_state_dict_of_partly_filled_buffer_holds_only_stored_rows() -> None:
     assert stored_ids(target) == [1, 2, 3] + [-1] * 7
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(2, OBS_DIM, ACT_DIM).load_state_dict(state)
+    # A checkpoint of other widths is refused before any row is overwritten.
+    wider = ReplayBuffer(10, OBS_DIM + 1, ACT_DIM)
+    wider.add(**batch([7], OBS_DIM + 1))
+    with pytest.raises(ValueError, match=r"replay buffer field obs has shape \(3, 3\)"):
+        wider.load_state_dict(state)
+    assert stored_ids(wider)[:1] == [7] and len(wider) == 1
 
 
 @pytest.mark.parametrize(("capacity", "obs_dim", "act_dim"), [(1, 1, 1), (10, 3, 2), (257, 17, 6)])

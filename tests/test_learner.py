@@ -38,13 +38,13 @@ def test_nan_loss_is_skipped_and_counted_then_the_run_stops():
 
 
 def test_gradient_norm_is_reported_before_clipping_and_grads_are_clipped():
-    learner, net = _learner(max_grad_norm=0.01)
+    learner, net = _learner()
     x = torch.randn(16, 3) * 10
     loss = net(x).pow(2).mean()
     expected = torch.nn.utils.get_total_norm(
         torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
     )
-    norm = learner.step("net", loss)
+    norm = learner.step("net", loss, max_grad_norm=0.01)
     assert norm.item() == pytest.approx(expected.item(), rel=1e-6)
     clipped = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()])
     assert clipped.item() == pytest.approx(0.01, rel=1e-4)
@@ -91,3 +91,17 @@ def test_fused_step_equals_torch_clip_and_adam_bit_for_bit(max_grad_norm):
         assert torch.equal(norm, expected)
         for p, q in zip(net.parameters(), twin.parameters(), strict=True):
             assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+
+
+def test_gradient_clipping_is_an_agent_setting_not_a_learner_one():
+    """``learner.max_grad_norm`` is gone (clipping is ``agent.max_grad_norm``); the error says
+    where the setting went."""
+    from rlgrad.config import ConfigError, validate
+
+    for agent in ("ppo", "reinforce", "sac"):
+        with pytest.raises(ConfigError, match=r"did you mean 'agent\.max_grad_norm'"):
+            validate({"agent": {"name": agent}, "total_steps": 10, "learner": {"max_grad_norm": 1}})
+    assert "max_grad_norm" not in LearnerConfig.model_fields
+    for agent, default in (("ppo", 0.5), ("reinforce", None)):
+        cfg = validate({"agent": {"name": agent}, "total_steps": 10})
+        assert cfg.agent.max_grad_norm == default

@@ -43,7 +43,7 @@ def reinforce_agent(**kw) -> reinforce.Agent:
         reinforce.Config(**settings), EnvSpec(OBS, ACT), RecordingLearner(), N, 1000
     )
     fill(agent)
-    agent.update(global_step=T * N)
+    agent.update(global_step=T * N, measure=True)
     return agent
 
 
@@ -59,7 +59,7 @@ def ppo_agent(**kw) -> ppo.Agent:
     }
     agent = ppo.Agent(ppo.Config(**settings), EnvSpec(OBS, ACT), RecordingLearner(), N, 1000)
     fill(agent)
-    agent.update(global_step=T * N)
+    agent.update(global_step=T * N, measure=True)
     return agent
 
 
@@ -234,6 +234,42 @@ def test_ppo_diagnose_reports_both_units():
 def test_diagnose_before_any_update_returns_nothing():
     agent = reinforce.Agent(reinforce.Config(n_steps=T), EnvSpec(OBS, ACT), RecordingLearner(), N)
     assert agent.diagnose(DiagnosticsConfig(interval=1)) == {}
+
+
+@pytest.mark.parametrize("make", [reinforce_agent, ppo_agent])
+def test_snapshot_is_taken_only_for_a_measured_update(make):
+    """The rollout and θ_old are copied only when ``update(..., measure=True)``; an update that
+    is not measured drops the previous snapshot, so ``diagnose`` cannot describe a stale one."""
+    agent = make()  # measured: the snapshot holds θ_old of that update
+    assert agent.last_rollout is not None and agent.diagnose(DiagnosticsConfig(interval=1))
+    fill(agent, seed=1)
+    assert agent.update(global_step=2 * T * N)  # an update, not measured
+    assert agent.last_rollout is None
+    assert agent.diagnose(DiagnosticsConfig(interval=1)) == {}
+    assert agent.update(global_step=2 * T * N, measure=True) == {}  # no full rollout: no update
+    assert agent.last_rollout is None
+    fill(agent, seed=2)
+    before = {n: p.detach().clone() for n, p in agent.policy.named_parameters()}
+    agent.update(global_step=3 * T * N, measure=True)
+    snapshot = agent.last_rollout
+    assert snapshot is not None and snapshot["params"].keys() == before.keys()
+    for name, value in before.items():
+        assert torch.equal(snapshot["params"][name], value)
+    assert not torch.equal(agent.policy.mean[0].weight, before["mean.0.weight"])  # θ moved
+
+
+@pytest.mark.parametrize(
+    ("agent", "n_steps", "n_envs", "interval"),
+    [("ppo", 2048, 1, 1), ("ppo", 256, 4, 2), ("ppo", 100, 3, 7), ("reinforce", 5, 1, 410)],
+)
+def test_default_interval_is_the_first_update_after_each_2048_steps(
+    agent, n_steps, n_envs, interval
+):
+    module = ppo if agent == "ppo" else reinforce
+    made = module.Agent(
+        module.Config(n_steps=n_steps), EnvSpec(OBS, ACT), RecordingLearner(), n_envs
+    )
+    assert made.default_diagnostics_interval() == interval
 
 
 # ---- real runs -----------------------------------------------------------------------------

@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlgrad.agents.reinforce import (
-    Agent,
-    Config,
-    GaussianPolicy,
-    normalize,
-    policy_gradient_loss,
-)
+from rlgrad.agents.reinforce import Agent, Config, normalize, policy_gradient_loss
 from rlgrad.checkpoint import load_checkpoint, save_checkpoint
 from rlgrad.config import ConfigError, LearnerConfig, load_config
 from rlgrad.envs import EnvSpec, env_spec, make_env
 from rlgrad.learner import Learner
+from rlgrad.networks import GaussianPolicy
 from rlgrad.runner import EVAL_SEED_OFFSET, eval_seed, evaluate, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,9 +3,11 @@
 At PPO's default sizes (minibatches of 64, two 64-64 MLPs) a minibatch step is a few dozen
 operations on tensors of a few thousand numbers, and on CPU each costs more in dispatch, autograd
 bookkeeping and allocation than in arithmetic: the module code builds ~40 graph nodes per step.
-:func:`ppo_minibatch_loss` computes the same loss (``rlgrad.agents.ppo``'s ``minibatch_loss``,
-which stays the reference and the path for every case this one does not cover) and its
-gradients in plain tensor calls:
+:func:`fused_ppo_loss` stands in for the reference ``ppo_loss`` of ``rlgrad.agents.ppo`` (it is
+registered there, see :mod:`rlgrad.kernels`), with the same signature, for a
+:class:`~rlgrad.networks.GaussianPolicy` and a :class:`~rlgrad.networks.ValueFunction` whose MLPs
+are plain tanh or ReLU stacks (:func:`supports`). It computes the same loss and its gradients in
+plain tensor calls:
 
     z = (a − μ(s)) e^{−log σ},  log π(a|s) = −½ Σ_j z_j² − Σ_j log σ_j − (d/2) log 2π
     ρ = exp(log π − log π_old),  L_clip = −mean min(ρ Â, clip(ρ, 1 ± ε) Â)
@@ -19,20 +21,21 @@ the side of it where the unclipped term is the smaller; elsewhere the clip holds
 gradient); ∂ log π_i/∂μ_i = z_i e^{−log σ}; ∂ log π_i/∂ log σ_j = z_ij² − 1; then each MLP's
 layers backwards (tanh' = 1 − h², ReLU' = 1[h > 0]).
 
-Values and gradients agree with the module code to float rounding (tests/test_fused_ppo.py).
-No double backward and no ``torch.func`` transforms: the diagnostics use the modules.
+Values and gradients agree with the reference to float rounding (tests/test_fused_ppo.py, and
+:func:`example` for tests/test_kernels.py). No double backward and no ``torch.func``
+transforms: the diagnostics use the modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from rlgrad.distributions import _HALF_LOG_TWO_PI
-from rlgrad.fused import relu_grad, tanh_grad
-from rlgrad.networks import PLAIN_ACTIVATIONS
+from rlgrad.kernels.sac import relu_grad, tanh_grad
+from rlgrad.networks import PLAIN_ACTIVATIONS, GaussianPolicy, ValueFunction
 
 # ∂/∂input of each activation given its output, for the activations PlainForward calls.
 _ACTIVATION_GRADS = {nn.Tanh: tanh_grad, nn.ReLU: relu_grad}
@@ -42,8 +45,8 @@ Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
 def plain_mlp_layers(layers: nn.Sequential) -> tuple[list[nn.Linear], type[nn.Module]] | None:
     """The ``nn.Linear`` layers of ``Linear, act, Linear, act, …, Linear`` and the activation's
-    type (one of tanh and ReLU for all), or None when ``layers`` has another shape (the module
-    path then)."""
+    type (one of tanh and ReLU for all), or None when ``layers`` has another shape (the
+    reference then)."""
     modules = list(layers)
     linears, activations = modules[0::2], modules[1::2]
     if len(linears) != len(activations) + 1 or any(type(m) is not nn.Linear for m in linears):
@@ -160,29 +163,102 @@ class _PPOMinibatchLoss(torch.autograd.Function):
         return (None, None, None, d_log_std, *policy_grads, *value_grads)
 
 
-def ppo_minibatch_loss(
-    data: Sequence[torch.Tensor],
-    policy_layers: Sequence[nn.Linear],
-    log_std: torch.Tensor,
-    value_layers: Sequence[nn.Linear],
-    activation: type[nn.Module],
-    clip_range: float,
-    clip_range_vf: float | None,
-    vf_coef: float,
-    ent_coef: float,
-    normalize_advantage: bool,
+def _fused_layers(
+    policy: nn.Module, value: nn.Module
+) -> tuple[list[nn.Linear], list[nn.Linear], type[nn.Module]] | None:
+    """(policy MLP's layers, value MLP's layers, their common activation), or None when this
+    kernel does not cover the two networks."""
+    if type(policy) is not GaussianPolicy or type(value) is not ValueFunction:
+        return None
+    policy_mlp, value_mlp = plain_mlp_layers(policy.mean), plain_mlp_layers(value.net)
+    if policy_mlp is None or value_mlp is None or policy_mlp[1] is not value_mlp[1]:
+        return None
+    return policy_mlp[0], value_mlp[0], policy_mlp[1]
+
+
+def supports(policy: nn.Module, value: nn.Module, options: Any) -> bool:
+    """A :class:`GaussianPolicy` and a :class:`ValueFunction` whose MLPs are ``Linear, act, …,
+    Linear`` with one activation, tanh or ReLU, for both (any options)."""
+    return _fused_layers(policy, value) is not None
+
+
+def fused_ppo_loss(
+    policy: GaussianPolicy,
+    value: ValueFunction,
+    options: Any,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PPO loss on one minibatch ``data`` = (obs, actions, log π_old, V_old, Â, R) and its
-    detached parts, as ``minibatch_loss`` returns them."""
+    """``rlgrad.agents.ppo.ppo_loss`` (the loss and its detached parts) as one autograd node;
+    ``options`` is its ``PPOLossOptions``."""
+    layers = _fused_layers(policy, value)
+    assert layers is not None, "fused_ppo_loss: unsupported networks (see supports)"
+    policy_layers, value_layers, activation = layers
     params = [p for layer in (*policy_layers, *value_layers) for p in (layer.weight, layer.bias)]
-    options = (clip_range, clip_range_vf, vf_coef, ent_coef, normalize_advantage, activation)
-    loss, pg, value, entropy, kl, clip_fraction = _PPOMinibatchLoss.apply(
-        tuple(data), options, len(policy_layers), log_std, *params
+    data = (obs, actions, old_log_prob, old_values, advantages, returns)
+    flags = (
+        options.clip_range,
+        options.clip_range_vf,
+        options.vf_coef,
+        options.ent_coef,
+        options.normalize_advantage,
+        activation,
+    )
+    loss, pg, v_loss, entropy, kl, clip_fraction = _PPOMinibatchLoss.apply(
+        data, flags, len(policy_layers), policy.log_std, *params
     )
     return loss, {
         "policy": pg,
-        "value": value,
+        "value": v_loss,
         "entropy": entropy,
         "approx_kl": kl,
         "clip_fraction": clip_fraction,
     }
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    return int(torch.randint(low, high, (), generator=generator))
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def example(generator: torch.Generator) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Random float64 networks of small random sizes (tanh or ReLU), options and a minibatch
+    whose π_old and V_old are off the current ones, so that both clips are exercised."""
+    from rlgrad.agents.ppo import PPOLossOptions  # the agent imports this module
+
+    obs_dim, act_dim, n = (
+        _randint(generator, 1, 6),
+        _randint(generator, 1, 4),
+        _randint(generator, 2, 33),
+    )
+    hidden = [_randint(generator, 2, 17) for _ in range(_randint(generator, 1, 4))]
+    activation = ("tanh", "relu")[_randint(generator, 0, 2)]
+    policy = GaussianPolicy(obs_dim, act_dim, hidden, activation, 0.0, ortho=False).double()
+    value = ValueFunction(obs_dim, hidden, activation, ortho=False).double()
+    with torch.no_grad():
+        for p in (*policy.parameters(), *value.parameters()):
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
+    options = PPOLossOptions(
+        clip_range=_uniform(generator, 0.05, 0.3),
+        clip_range_vf=(None, _uniform(generator, 0.05, 0.5))[_randint(generator, 0, 2)],
+        vf_coef=_uniform(generator, 0.1, 1.0),
+        ent_coef=(0.0, _uniform(generator, 0.0, 0.1))[_randint(generator, 0, 2)],
+        normalize_advantage=bool(_randint(generator, 0, 2)),
+    )
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float64)
+
+    obs, actions = randn(n, obs_dim), randn(n, act_dim) * 0.5
+    with torch.no_grad():
+        old_log_prob = policy(obs).log_prob(actions) + randn(n) * 0.3
+        old_values = value(obs) + randn(n) * 0.3
+    # The gradients flow to the networks' parameters; the minibatch is data.
+    return (policy, value, options), (obs, actions, old_log_prob, old_values, randn(n), randn(n))
