@@ -11,14 +11,28 @@ Losses on a replay batch (s, a, r, s', d) with d = terminated:
     actor:   J(θ) = E_s E_{a~πθ}[α log πθ(a|s) − min_i Q_i(s, a)]
     alpha:   −log α · (log π(a|s) + H_target)   (α = exp(log α))
 
-The actor's gradient ∇θ J is estimated either
+The actor's gradient ∇θ J is estimated by an estimator object from ``rlgrad.estimators``
+(``agent.actor_estimator``), the plug-in point for new estimators. With h(s, a) = α log π(a|s)
+− min_i Q_i(s, a) and the critics' weights fixed (:meth:`Agent.actor_objective`), each
+estimator turns noise ε into one surrogate row per state whose θ-gradient is that state's
+estimate, and the actor steps on their mean (:meth:`Agent.update_once`):
 
-* ``pathwise`` (SAC as published): a = tanh(μθ(s) + σθ(s) ε), back-propagated through Q and
-  log π; or
-* ``score``: K actions per state drawn without gradient, h(a) = α log π(a|s) − Q(s, a) and
-  ĝ = mean[(h(a) − b) ∇θ log πθ(a|s) + α ∇θ log πθ(a|s)], with b the leave-one-out mean of h
-  over the K actions (``score_baseline=loo``), 0 (``none``), or b(s) = −V_ψ(s) (``value``).
+* ``pathwise`` (SAC as published): a = tanh(μθ(s) + σθ(s) ε), one per state, the same draw as
+  α's loss; row ℓ = α log πθ(a|s) + g · a(θ), g = −∂ min Q/∂a at the draw (the same θ-gradient
+  as α log π(a(θ)|s) − min Q(s, a(θ)));
+* ``score``: K actions per state drawn without gradient, ℓ = mean_k (h_k − b_k + α) log πθ(a_k|s)
+  with h − b held fixed and b the leave-one-out mean of h over the K actions
+  (``score_baseline=loo``), 0 (``none``), or b(s) = −V_ψ(s) (``value``).
   Both are unbiased for ∇θ J: b never depends on the actions it multiplies.
+
+``diagnose`` measures both estimators on the same states from the same row losses.
+
+The formulas are the code of this file and of ``rlgrad.distributions`` (tanh-Gaussian
+density, :func:`~rlgrad.distributions.squashed_gaussian_sample`) and ``rlgrad.networks``
+(``mlp_heads``, ``EnsembleMLP``). ``learner.kernels`` may run the actor's heads, the sample
+and the critics through fused stand-ins registered against exactly those functions
+(``rlgrad.kernels``, checked by tests/test_kernels.py); ``learner.kernels=reference`` trains
+through the references alone.
 
 ``score_baseline=value`` learns V_ψ(s) ≈ V_soft(s) = E_{a~π}[min_i Q_i(s, a) − α log π(a|s)],
 the soft state value (SAC v1's V network), so that −V_ψ(s) ≈ E_a[h(a)] and h − b = h + V_ψ(s) is
@@ -31,6 +45,7 @@ pathwise runs too). V_ψ at an update has been fitted on earlier batches only.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -40,11 +55,18 @@ from torch import nn
 from rlgrad import diagnostics
 from rlgrad.buffers import ReplayBuffer, Transitions
 from rlgrad.config import AgentConfig, DiagnosticsConfig
-from rlgrad.distributions import TanhGaussian
+from rlgrad.distributions import TanhGaussian, squashed_gaussian_sample
 from rlgrad.envs import EnvSpec
-from rlgrad.fused import ensemble_mlp, relu_mlp_heads, relu_trunk, tanh_gaussian_rsample
+from rlgrad.estimators import (
+    ActionObjective,
+    Pathwise,
+    PolicyGradientEstimator,
+    ScoreFunction,
+    SquashedGaussianPolicy,
+)
 from rlgrad.learner import Learner
-from rlgrad.networks import EnsembleMLP, mlp
+from rlgrad.networks import EnsembleMLP, mlp, mlp_heads
+from rlgrad.torch_private import foreach_lerp_
 
 
 class Config(AgentConfig):
@@ -95,39 +117,28 @@ class Actor(nn.Module):
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
     def forward(self, obs: torch.Tensor) -> TanhGaussian:
-        h = self.trunk(obs)
-        log_std = self.log_std(h).clamp(self.log_std_min, self.log_std_max)
-        return TanhGaussian.from_log_std(self.mean(h), log_std)
-
-    def rsample_with_log_prob(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``self(obs).rsample_with_log_prob()``: the same values from the same random draw,
-        with the hand-written backward passes of :mod:`rlgrad.fused` (ReLU trunks; others take
-        the module path). Not for ``torch.func`` transforms: use ``forward`` there."""
-        trunk = relu_trunk(self.trunk)
-        if trunk is None:
-            return self(obs).rsample_with_log_prob()
-        mean, raw_log_std = relu_mlp_heads(obs, trunk, (self.mean, self.log_std))
-        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
-        return tanh_gaussian_rsample(mean, raw_log_std, eps, self.log_std_min, self.log_std_max)
+        """The reference: what acting, ``torch.func`` and the diagnostics evaluate."""
+        mean, raw_log_std = mlp_heads(self.trunk, (self.mean, self.log_std), obs)
+        log_std = raw_log_std.clamp(self.log_std_min, self.log_std_max)
+        return TanhGaussian.from_log_std(mean, log_std)
 
 
 class TwinCritic(nn.Module):
-    """n Q-functions Q_i(s, a) in one batched call: (B, ·) ↦ (n, B)."""
+    """n Q-functions Q_i(s, a) in one batched call: (B, ·) ↦ (n, B).
+
+    ``ensemble_forward`` evaluates the ensemble: ``EnsembleMLP.forward`` (the module) unless
+    the agent binds a kernel in its place (see ``Agent.__init__``)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config):
         super().__init__()
         self.ensemble = EnsembleMLP(cfg.n_critics, [obs_dim + act_dim, *cfg.hidden_sizes, 1])
+        self.ensemble_forward: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self, obs: torch.Tensor, actions: torch.Tensor, params: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        x = torch.cat([obs, actions], -1)
-        if type(self.ensemble.activation) is not nn.ReLU:
-            return self.ensemble(x, params).squeeze(-1)
-        # The ensemble's maths with a hand-written backward (rlgrad.fused; see its docstring).
-        if params is None:
-            params = [*self.ensemble.weights, *self.ensemble.biases]
-        return ensemble_mlp(x, params).squeeze(-1)
+        forward = self.ensemble_forward or self.ensemble
+        return forward(torch.cat([obs, actions], -1), params).squeeze(-1)
 
 
 class Agent:
@@ -142,6 +153,15 @@ class Agent:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.buffer = ReplayBuffer(cfg.buffer_size, spec.obs_dim, spec.act_dim, device)
 
+        # The training path's networks and sample: the references above, or the fused
+        # stand-ins rlgrad.kernels registers for them, as learner.kernels selects.
+        self.actor_heads = learner.kernel(
+            mlp_heads, self.actor.trunk, (self.actor.mean, self.actor.log_std)
+        )
+        self.squashed_sample = learner.kernel(squashed_gaussian_sample)
+        for critic in (self.critic, self.critic_target):
+            critic.ensemble_forward = learner.kernel(EnsembleMLP.forward, critic.ensemble)
+
         learner.add_optimizer("critic", self.critic.parameters(), cfg.learning_rate)
         learner.add_optimizer("actor", self.actor.parameters(), cfg.learning_rate)
         self.autotune = cfg.ent_coef == "auto"
@@ -154,16 +174,23 @@ class Agent:
         )
         self.vector_steps = 0
         self.updates = 0
-        # The pathwise update's loss computations, through torch.compile if learner.compile.
-        self.compiled = {
-            "critic_loss": learner.compile(self.critic_loss),
-            "actor_sample": learner.compile(self.actor.rsample_with_log_prob),
-            "pathwise_actor_loss": learner.compile(self.pathwise_actor_loss),
-        }
         self.score_value: nn.Sequential | None = None  # V_ψ(s) for score_baseline=value
         if cfg.score_baseline == "value":
             self.score_value = mlp([spec.obs_dim, *cfg.hidden_sizes, 1]).to(device)
             learner.add_optimizer("score_value", self.score_value.parameters(), cfg.learning_rate)
+
+        # The actor's gradient estimators (rlgrad.estimators): ``estimator`` trains the actor,
+        # and ``diagnose`` measures both on the same states.
+        self.estimators: dict[str, PolicyGradientEstimator] = {
+            "pathwise": Pathwise(),
+            "score": ScoreFunction(cfg.score_samples, cfg.score_baseline, self.state_value),
+        }
+        self.estimator = self.estimators[cfg.actor_estimator]
+        # The update's loss computations, through torch.compile if learner.compile.
+        self.compiled = {
+            "critic_loss": learner.compile(self.critic_loss),
+            "actor_loss": learner.compile(self.estimator.loss),
+        }
 
     # ---- acting -------------------------------------------------------------------------
     @torch.no_grad()
@@ -180,7 +207,19 @@ class Agent:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
 
     # ---- learning -----------------------------------------------------------------------
-    def update(self, global_step: int) -> dict[str, torch.Tensor]:
+    def policy(self, obs: torch.Tensor) -> SquashedGaussianPolicy:
+        """π(·|s) on the training path: the actor's heads and sample through the bound kernels
+        (the same values as ``self.actor(obs)``)."""
+        mean, raw_log_std = self.actor_heads(obs)
+        return SquashedGaussianPolicy(
+            mean, raw_log_std, self.cfg.log_std_min, self.cfg.log_std_max, self.squashed_sample
+        )
+
+    def actor_objective(self, obs: torch.Tensor, alpha: torch.Tensor) -> ActionObjective:
+        """h(s, a) = α log π(a|s) − min_i Q_i(s, a), the critics' weights held fixed."""
+        return ActionObjective(lambda actions: -self.frozen_q(obs, actions), alpha, obs)
+
+    def update(self, global_step: int, measure: bool = False) -> dict[str, torch.Tensor]:
         self.vector_steps += 1
         if global_step <= self.cfg.learning_starts or self.vector_steps % self.cfg.train_freq:
             return {}
@@ -197,33 +236,26 @@ class Agent:
         cfg = self.cfg
         alpha = self.log_alpha.detach().exp()
 
-        # The actor's actions on the batch states serve the alpha loss and, when pathwise,
-        # the actor loss (one forward pass, as in SB3).
-        policy = None
-        if cfg.actor_estimator == "pathwise":
-            actions_pi, log_prob_pi = self.compiled["actor_sample"](batch.obs)
-        else:
-            policy = self.actor(batch.obs)
-            actions_pi, log_prob_pi = policy.rsample_with_log_prob()
-        if policy is None and self.score_value is not None:
-            policy = self.actor(batch.obs)  # θ before this update's actor step
+        # π(·|s) on the batch states and one reparameterized action per state, for α's loss
+        # (and the pathwise estimator's draw, as in SB3).
+        policy = self.policy(batch.obs)
+        eps = torch.randn(policy.mean.shape, dtype=policy.mean.dtype, device=policy.mean.device)
+        with torch.no_grad():
+            _, log_prob_pi = policy.rsample(eps)
 
         metrics: dict[str, torch.Tensor] = {"charts/alpha": alpha}
         if self.autotune:
-            alpha_loss = -(self.log_alpha * (log_prob_pi.detach() + self.target_entropy)).mean()
+            alpha_loss = -(self.log_alpha * (log_prob_pi + self.target_entropy)).mean()
             self.learner.step("alpha", alpha_loss)
             metrics["losses/alpha"] = alpha_loss.detach()
 
         critic_loss, q_mean = self.compiled["critic_loss"](batch, alpha)
         self.learner.step("critic", critic_loss)
 
-        if cfg.actor_estimator == "pathwise":
-            actor_loss = self.compiled["pathwise_actor_loss"](
-                batch.obs, actions_pi, log_prob_pi, alpha
-            )
-        else:
-            assert policy is not None
-            actor_loss = self.score_actor_loss(batch.obs, policy, alpha)
+        # The actor: the configured estimator of ∇θ E_s E_a[α log π(a|s) − min Q(s, a)].
+        noise = self.estimator.draw(policy, reuse=eps)
+        objective = self.actor_objective(batch.obs, alpha)
+        actor_loss, objective_value = self.compiled["actor_loss"](policy, noise, objective)
         self.learner.step("actor", actor_loss)
         if self.score_value is not None:
             metrics["losses/score_value"] = self.fit_score_value(batch.obs, policy, alpha)
@@ -231,13 +263,13 @@ class Agent:
         self.updates += 1
         if self.updates % cfg.target_update_interval == 0:
             online = list(self.critic.parameters())
-            torch._foreach_lerp_(list(self.critic_target.parameters()), online, cfg.tau)
+            foreach_lerp_(list(self.critic_target.parameters()), online, cfg.tau)
         metrics.update(
             {
                 "losses/critic": critic_loss.detach(),
-                "losses/actor": actor_loss.detach(),
+                "losses/actor": objective_value.detach(),
                 "losses/q_mean": q_mean,
-                "losses/entropy": -log_prob_pi.detach().mean(),
+                "losses/entropy": -log_prob_pi.mean(),
             }
         )
         return metrics
@@ -247,7 +279,11 @@ class Agent:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """½ Σ_i mean (Q_i(s, a) − y)², y the soft Bellman target from the target critics."""
         with torch.no_grad():
-            next_actions, next_log_prob = self.actor.rsample_with_log_prob(batch.next_obs)
+            next_policy = self.policy(batch.next_obs)
+            eps = torch.randn(
+                next_policy.mean.shape, dtype=next_policy.mean.dtype, device=next_policy.mean.device
+            )
+            next_actions, next_log_prob = next_policy.rsample(eps)
             next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
             soft_next_v = next_q - alpha * next_log_prob
             target = batch.rewards + self.cfg.gamma * (~batch.terminated) * soft_next_v
@@ -256,68 +292,53 @@ class Agent:
         return loss, q.detach().mean()
 
     def frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min_i Q_i(s, a) with the critics' weights held fixed (no weight gradients)."""
-        return self.critic(obs, actions, self.critic.ensemble.detached_params()).min(0).values
+        """min_i Q_i(s, a) with the critics' weights held fixed (no weight gradients).
 
-    def pathwise_actor_loss(
-        self, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor
-    ) -> torch.Tensor:
-        """mean[α log π(a|s) − min_i Q_i(s, a)], a reparameterized."""
-        return (alpha * log_prob - self.frozen_q(obs, actions)).mean()
-
-    def score_actor_loss(
-        self, obs: torch.Tensor, policy: TanhGaussian, alpha: torch.Tensor
-    ) -> torch.Tensor:
-        """A surrogate whose gradient is the score-function estimate of ∇θ J (see module doc)."""
-        with torch.no_grad():
-            u = policy.rsample_pre_tanh((self.cfg.score_samples,))  # (K, B, d), no gradient
-            advantage = self._score_advantage(obs, policy, u, alpha)
-        log_prob = policy.log_prob_pre_tanh(u)  # (K, B), differentiable in θ
-        return ((advantage + alpha) * log_prob).mean()
-
-    def _score_advantage(
-        self, obs: torch.Tensor, policy: TanhGaussian, u: torch.Tensor, alpha: torch.Tensor
-    ) -> torch.Tensor:
-        """h(a) − b for K pre-tanh draws u (K, B, d): h = α log π(a|s) − min Q(s, a).
-
-        On CPU the K·B critic rows go in calls of about 512 rows: the (n, rows, hidden)
-        activations then stay in cache, about twice as fast as one call (elsewhere: one call).
-        """
-        k, b = u.shape[:2]
-        actions = torch.tanh(u)
+        ``actions`` (B, d) or (K, B, d) for K actions per state: those go through the critics
+        as K·B rows, on CPU in calls of about 512 rows, where the (n, rows, hidden) activations
+        stay in cache (about twice as fast as one call; elsewhere one call)."""
+        params = self.critic.ensemble.detached_params()
+        if actions.dim() == obs.dim():
+            return self.critic(obs, actions, params).min(0).values
+        k, b = actions.shape[:2]
         per_call = k if obs.device.type != "cpu" else max(1, 512 // b)
-        q = torch.cat(
+        return torch.cat(
             [
-                self.frozen_q(
+                self.critic(
                     obs.expand(len(chunk), *obs.shape).reshape(-1, obs.shape[-1]),
-                    chunk.reshape(-1, self.act_dim),
-                ).view(len(chunk), b)
+                    chunk.reshape(-1, actions.shape[-1]),
+                    params,
+                )
+                .min(0)
+                .values.view(len(chunk), b)
                 for chunk in actions.split(per_call)
             ]
         )
-        h = alpha * policy.log_prob_pre_tanh(u) - q
-        if self.cfg.score_baseline == "loo":
-            h = h - (h.sum(0, keepdim=True) - h) / (k - 1)
-        elif self.cfg.score_baseline == "value":  # b(s) = −V_ψ(s)
-            assert self.score_value is not None
-            h = h + self.score_value(obs).squeeze(-1)
-        return h
+
+    def state_value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V_ψ(s), (B,): the score function's learned baseline (``score_baseline=value``)."""
+        assert self.score_value is not None, "score_baseline=value is not configured"
+        return self.score_value(obs).squeeze(-1)
 
     def fit_score_value(
-        self, obs: torch.Tensor, policy: TanhGaussian, alpha: torch.Tensor
+        self, obs: torch.Tensor, policy: SquashedGaussianPolicy, alpha: torch.Tensor
     ) -> torch.Tensor:
         """One step on ½ mean (V_ψ(s) − (min Q(s, a) − α log π(a|s)))², a ~ π(·|s) fresh.
 
         ``policy`` is π(·|s) for ``obs``; nothing flows back into it or into the critics."""
         assert self.score_value is not None
         with torch.no_grad():
-            u = policy.rsample_pre_tanh()
+            u = policy.pre_tanh(torch.randn_like(policy.mean))
             target = self.frozen_q(obs, torch.tanh(u)) - alpha * policy.log_prob_pre_tanh(u)
-        loss = 0.5 * (self.score_value(obs).squeeze(-1) - target).pow(2).mean()
+        loss = 0.5 * (self.state_value(obs) - target).pow(2).mean()
         self.learner.step("score_value", loss)
         return loss.detach()
 
     # ---- diagnostics --------------------------------------------------------------------
+    def default_diagnostics_interval(self) -> int:
+        """Every 100 updates (a few per cent of training time at the default sizes)."""
+        return 100
+
     @property
     def measurement_batch(self) -> int:
         """States per measurement when ``diagnostics.batch`` is unset: half the training batch.
@@ -368,77 +389,58 @@ class Agent:
     def gradient_moments(
         self, obs: torch.Tensor, alpha: torch.Tensor
     ) -> dict[str, diagnostics.GradientMoments]:
-        """Per-sample gradient moments of both estimators on ``obs``: one actor forward, one
-        backward per estimator, per-sample norms from :class:`rlgrad.diagnostics.LinearTape`.
-
-        Per-sample losses (θ-gradients of these are the rows of :meth:`pathwise_per_sample` and
-        :meth:`score_per_sample`, whose draws these repeat: ε (B, d), then u (K, B, d)):
-
-            pathwise: ℓ_i = α log π(a_i|s_i) − min Q(s_i, a_i),  a_i = tanh(μ(s_i) + σ(s_i) ε_i)
-            score:    ℓ_i = (1/K) Σ_k (h_ik − b_ik + α) log πθ(a_ik|s_i),  h − b held fixed
-
-        with the critics' weights fixed (only the actions carry θ into Q).
-        """
+        """Per-sample gradient moments of every estimator on ``obs`` from their row losses:
+        one actor forward (the reference modules), one backward per estimator, per-sample norms
+        from :class:`rlgrad.diagnostics.LinearTape`. The draws are those of
+        :meth:`per_state_gradients`: ε (B, d) for pathwise, then (K, B, d) for score."""
+        objective = self.actor_objective(obs, alpha)
+        moments = {}
         with torch.enable_grad():
             with diagnostics.LinearTape(self.actor) as tape:
-                policy = self.actor(obs)
-            eps = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
-            u_pathwise = policy.mean + policy.std * eps
-            pathwise = alpha * policy.log_prob_pre_tanh(u_pathwise) - self.frozen_q(
-                obs, torch.tanh(u_pathwise)
-            )
-            with torch.no_grad():
-                u = policy.rsample_pre_tanh((self.cfg.score_samples,))  # (K, B, d)
-                advantage = self._score_advantage(obs, policy, u, alpha)  # (K, B)
-            score = ((advantage + alpha) * policy.log_prob_pre_tanh(u)).mean(0)
-            return {
-                "pathwise": tape.moments(pathwise, retain_graph=True),
-                "score": tape.moments(score),
-            }
+                policy = SquashedGaussianPolicy.of(self.actor(obs))
+            names = list(self.estimators)
+            for name in names:
+                estimator = self.estimators[name]
+                noise = estimator.draw(policy)
+                prepared = estimator.prepare(policy, noise, objective)
+                rows = estimator.row_losses(policy, noise, prepared, alpha)
+                moments[name] = tape.moments(rows, retain_graph=name != names[-1])
+        return moments
 
     def reference_gradient(self, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """∇θ J by the pathwise estimator on ``obs``, flat in ``named_parameters`` order (one
-        batched backward, through the update's own fast sampler)."""
+        batched backward, through the training path's kernels)."""
+        pathwise = self.estimators["pathwise"]
         with torch.enable_grad():
-            actions, log_prob = self.actor.rsample_with_log_prob(obs)
-            loss = self.pathwise_actor_loss(obs, actions, log_prob, alpha)
+            policy = self.policy(obs)
+            loss, _ = pathwise.loss(policy, pathwise.draw(policy), self.actor_objective(obs, alpha))
             return diagnostics.batch_gradient(self.actor, loss)
 
+    def per_state_gradients(
+        self, name: str, obs: torch.Tensor, alpha: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The definition of the per-sample estimates: ∇θ ℓ_i of estimator ``name``'s row
+        losses for every state, by ``vmap(grad(·))`` over the reference actor (the critic enters
+        only through what ``prepare`` computed outside, so it is not vmapped)."""
+        estimator = self.estimators[name]
+        with torch.no_grad():
+            policy = SquashedGaussianPolicy.of(self.actor(obs))
+            noise = estimator.draw(policy)
+            prepared = estimator.prepare(policy, noise, self.actor_objective(obs, alpha))
+        inputs, row_loss = estimator.per_state(noise, prepared, alpha)
+
+        def loss(actor, obs_i, *inputs_i):
+            return row_loss(SquashedGaussianPolicy.of(actor(obs_i)), *inputs_i)
+
+        return diagnostics.per_sample_grads(self.actor, loss, obs, *inputs)
+
     def pathwise_per_sample(self, obs: torch.Tensor, alpha: torch.Tensor) -> dict:
-        """∇θ [α log π(a_i|s_i) − min Q(s_i, a_i)], a_i = tanh(μ(s_i) + σ(s_i) ε_i), per row.
-
-        The critic's weights are fixed here, so ∇θ Q(s_i, a_i(θ)) = (∂Q/∂a)_i · ∂a_i/∂θ: one
-        batched backward gives every row's ∂Q/∂a, and the per-sample loss uses the linear term
-        −(∂Q/∂a)_i · a_i(θ), whose θ-gradient is the same, instead of vmapping the critic.
-        """
-        eps = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
-        with torch.enable_grad():
-            policy = self.actor(obs)
-            action = torch.tanh(policy.mean + policy.std * eps).detach().requires_grad_(True)
-            (dq_da,) = torch.autograd.grad(self.frozen_q(obs, action).sum(), action)
-
-        def loss(actor, obs_i, eps_i, dq_da_i):
-            policy = actor(obs_i)
-            u = policy.mean + policy.std * eps_i
-            return (alpha * policy.log_prob_pre_tanh(u) - (dq_da_i * torch.tanh(u)).sum(-1)).sum()
-
-        return diagnostics.per_sample_grads(self.actor, loss, obs, eps, dq_da)
+        """∇θ [α log π(a_i|s_i) − min Q(s_i, a_i)], a_i = tanh(μ(s_i) + σ(s_i) ε_i), per row."""
+        return self.per_state_gradients("pathwise", obs, alpha)
 
     def score_per_sample(self, obs: torch.Tensor, alpha: torch.Tensor) -> dict:
         """Per state: mean_k [(h_k − b_k + α) ∇θ log π(a_k|s)] over its K sampled actions."""
-        k = self.cfg.score_samples
-        with torch.no_grad():
-            policy = self.actor(obs)
-            u = policy.rsample_pre_tanh((k,))  # (K, B, d)
-            advantage = self._score_advantage(obs, policy, u, alpha)  # (K, B)
-
-        def loss(actor, obs_i, u_i, adv_i):  # (1, obs), (1, K, d), (1, K)
-            log_prob = actor(obs_i).log_prob_pre_tanh(u_i.transpose(0, 1))  # (K, 1)
-            return ((adv_i.transpose(0, 1) + alpha) * log_prob).mean()
-
-        return diagnostics.per_sample_grads(
-            self.actor, loss, obs, u.transpose(0, 1), advantage.transpose(0, 1)
-        )
+        return self.per_state_gradients("score", obs, alpha)
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -3,7 +3,7 @@
 Reproduces the picture of Mohamed et al. 2020 ("Monte Carlo Gradient Estimation in Machine
 Learning", JMLR, §3) for x ~ N(μ, σ²) and three functions:
 
-* f(x) = (x − k)²   at μ = σ = 1, against k;  reference: the closed forms of ESTIMATORS.md §4
+* f(x) = (x − k)²   at μ = σ = 1, against k;  reference: the closed forms of docs/estimators.md §5
 * f(x) = exp(−x²)   at μ = 1, against σ;      reference: quadrature
 * f(x) = cos(ωx)    at μ = σ = 1, against ω;  reference: quadrature
 
@@ -68,7 +68,7 @@ class Panel:
     fine: np.ndarray  # where the reference curve is drawn
     setup: Callable[[float], tuple[Fn, float, float]]  # parameter -> (f, μ, σ)
     picks: tuple[float, float, float]  # the parameter values whose f the top row draws
-    closed_form: bool = False  # the quadratic: use ESTIMATORS.md §4
+    closed_form: bool = False  # the quadratic: use docs/estimators.md §5
     log_x: bool = False
 
 
@@ -149,7 +149,7 @@ def quadrature_variances(f: Fn, mu: float, sigma: float) -> dict[str, tuple[floa
 
 
 def closed_form_variances(k: float) -> dict[str, tuple[float, float]]:
-    """ESTIMATORS.md §4 at μ = σ = 1; the baseline curve uses b = E f = (1 − k)² + 1."""
+    """docs/estimators.md §5 at μ = σ = 1; the baseline curve uses b = E f = (1 − k)² + 1."""
     cf = closed_form_gaussian_quadratic(1.0, 1.0, k)
     cfb = closed_form_gaussian_quadratic(1.0, 1.0, k, baseline=(1.0 - k) ** 2 + 1.0)
     return {

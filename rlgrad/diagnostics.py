@@ -17,7 +17,7 @@ Two ways to the per-sample gradients g_i = ∇θ ℓ(θ; sample_i), i = 1 … B:
 Random draws (ε, sampled actions) are made outside and passed in.
 
 Both paths reduce to the sufficient statistics of :class:`GradientMoments`: n, Σ_i g_i and
-Σ_i ‖g_i‖² (per parameter tensor), from which the statistics of ESTIMATORS.md §3 follow:
+Σ_i ‖g_i‖² (per parameter tensor), from which the statistics of docs/estimators.md §4 follow:
 
     ḡ = (1/n) Σ g_i,   tr Σ̂ = n/(n−1) ((1/n) Σ ‖g_i‖² − ‖ḡ‖²)   (= (1/(n−1)) Σ ‖g_i − ḡ‖²),
     batch variance tr Σ̂ / n,   SNR = ‖ḡ‖² / (tr Σ̂ / n),

@@ -163,3 +163,19 @@ class TanhGaussian:
         """A single-sample Monte Carlo estimate −log π(a), a ~ π (no closed form exists)."""
         _, log_prob = self.rsample_with_log_prob(generator=generator)
         return -log_prob
+
+
+def squashed_gaussian_sample(
+    mean: torch.Tensor,
+    raw_log_std: torch.Tensor,
+    eps: torch.Tensor,
+    log_std_min: float,
+    log_std_max: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, log π(a)) for a = tanh(u), u = μ + σ ε, σ = exp(clamp(raw log σ, min, max)).
+
+    SAC's reparameterized action from its actor's two heads and a standard-normal draw ε: the
+    reference that ``rlgrad.kernels`` may replace by a fused stand-in."""
+    policy = TanhGaussian.from_log_std(mean, raw_log_std.clamp(log_std_min, log_std_max))
+    u = policy.mean + policy.std * eps
+    return torch.tanh(u), policy.log_prob_pre_tanh(u)

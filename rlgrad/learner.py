@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.optim import optimizer as torch_optimizer
 
+from rlgrad import kernels, torch_private
 from rlgrad.config import LearnerConfig
 
 
@@ -41,22 +41,19 @@ def resolve_device(name: str) -> torch.device:
 
 def _plain_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` is a one-group fused Adam without options or hooks that
-    :func:`_fused_adam_step` does not reproduce."""
+    :func:`_fused_adam_step` does not reproduce (False where torch's private fused kernel is
+    not available: then ``optimizer.step()`` runs)."""
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
         return False
+    if not torch_private.private_available():
+        return False
     group = optimizer.param_groups[0]
-    hooks = (
-        optimizer._optimizer_step_pre_hooks,
-        optimizer._optimizer_step_post_hooks,
-        torch_optimizer._global_optimizer_pre_hooks,
-        torch_optimizer._global_optimizer_post_hooks,
-    )
     return (
         bool(group.get("fused"))
         and not any(group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable"))
         and not group.get("decoupled_weight_decay")
         and not isinstance(group["lr"], torch.Tensor)
-        and not any(hooks)
+        and not torch_private.optimizer_has_hooks(optimizer)
     )
 
 
@@ -64,12 +61,12 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """‖(g_1, …, g_n)‖₂ = ‖(‖g_1‖₂, …, ‖g_n‖₂)‖₂ for tensors on one device: the arithmetic of
     ``torch.nn.utils.get_total_norm(grads, foreach=True)`` (bit-equal) without its per-call
     grouping by device and dtype (about 0.1 ms a call on CPU)."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.linalg.vector_norm(torch.stack(torch_private.foreach_norm(grads)))
 
 
 def _clip_(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
     """g ← g · min(1, max_norm / (‖g‖ + 1e-6)) in place, as ``clip_grads_with_norm_`` does."""
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    torch_private.foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
 
 
 def _fused_adam_step(
@@ -79,8 +76,9 @@ def _fused_adam_step(
     found_inf: torch.Tensor | None = None,
 ) -> None:
     """``optimizer.step()`` for a :func:`_plain_fused_adam` whose parameters all have gradients:
-    the same state (created as Adam creates it) and the same kernel, ``torch._fused_adam_``,
-    without the per-call bookkeeping of ``Optimizer.step`` (about 0.1 ms a call on CPU).
+    the same state (created as Adam creates it) and the same kernel (torch's private
+    ``_fused_adam_``, through :mod:`rlgrad.torch_private`), without the per-call
+    bookkeeping of ``Optimizer.step`` (about 0.1 ms a call on CPU).
 
     ``found_inf`` (a float 0-dim tensor on the parameters' device): where it is 1 the kernel
     leaves parameters, moments and step counts as they were, decided on the device (no sync).
@@ -91,28 +89,20 @@ def _fused_adam_step(
             state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    steps = [state[p]["step"] for p in params]
     beta1, beta2 = group["betas"]
-    torch._foreach_add_(steps, 1)
-    torch._fused_adam_(
+    torch_private.fused_adam_(
         params,
         grads,
         [state[p]["exp_avg"] for p in params],
         [state[p]["exp_avg_sq"] for p in params],
-        [],
-        steps,
-        amsgrad=False,
+        [state[p]["step"] for p in params],
         lr=group["lr"],
         beta1=beta1,
         beta2=beta2,
         weight_decay=group["weight_decay"],
         eps=group["eps"],
-        maximize=False,
-        grad_scale=None,
         found_inf=found_inf,
     )
-    if found_inf is not None:
-        torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
 class _CompiledOrEager:
@@ -157,6 +147,17 @@ class Learner:
         # check) as device tensors, read by check_nonfinite every that many steps.
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._steps_since_check = 0
+        self.active_kernels: dict[str, str] = {}
+        """Kernel name → ``"fused"`` or ``"reference"``, for every kernel an agent bound."""
+
+    def kernel(self, reference: Callable[..., Any], *static: Any) -> kernels.Bound:
+        """``reference`` with its ``static`` arguments bound, or its registered fused stand-in,
+        as ``learner.kernels`` selects (see :mod:`rlgrad.kernels`); recorded in
+        ``active_kernels``."""
+        bound = kernels.bind(reference, self.cfg.kernels, *static, compiled=self.cfg.compile)
+        previous = self.active_kernels.get(bound.name)
+        self.active_kernels[bound.name] = bound.kind if previous in (None, bound.kind) else "mixed"
+        return bound
 
     def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled by ``torch.compile`` when ``learner.compile`` is set, else ``fn``.
@@ -168,9 +169,7 @@ class Learner:
         """
         if not self.cfg.compile:
             return fn
-        import torch._inductor.config as inductor_config
-
-        inductor_config.fallback_random = True
+        torch_private.inductor_fallback_random()
         return _CompiledOrEager(fn, self.cfg.compile_mode, self.compile_backend)
 
     def mark_step(self) -> None:
@@ -216,7 +215,7 @@ class Learner:
             p.grad = None
         loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
-        clip = max_grad_norm if max_grad_norm is not None else self.cfg.max_grad_norm
+        clip = max_grad_norm
         # The fused kernel needs all parameters on one device, so the lean norm and clip can too.
         fused = len(grads) == len(params) and _plain_fused_adam(optimizer)
         norm = _total_norm(grads) if fused else torch.nn.utils.get_total_norm(grads, foreach=True)

@@ -25,10 +25,15 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
-from rlgrad.agent import Agent
+from rlgrad.agent import Agent, diagnostics_interval, will_measure
 from rlgrad.agents import agent_spec
-from rlgrad.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rlgrad.config import DiagnosticsConfig, RunConfig, to_yaml
+from rlgrad.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_orphan_temp_files,
+    save_checkpoint,
+)
+from rlgrad.config import RunConfig, to_yaml
 from rlgrad.env_state import load_vector_env_state, vector_env_state
 from rlgrad.envs import NormalizeObservation, env_spec, find_wrapper, make_env
 from rlgrad.learner import Learner
@@ -42,6 +47,7 @@ from rlgrad.logging import (
     resolve_wandb_mode,
 )
 from rlgrad.rng import load_rng_state, rng_state, seed_everything
+from rlgrad.run_lock import hold_run_dir
 
 EVAL_SEED_OFFSET = 1_000_003
 RESULT_FILE = "result.json"
@@ -205,24 +211,10 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-# When ``diagnostics.interval`` is unset: SAC updates every env step and is measured every
-# 100th update; on-policy agents update once per rollout and are measured at the first update
-# after each further ON_POLICY_DIAGNOSTICS_STEPS env steps (every rollout of PPO's default 2048).
-SAC_DIAGNOSTICS_INTERVAL = 100
-ON_POLICY_DIAGNOSTICS_STEPS = 2048
-
-
-def resolve_diagnostics(cfg: RunConfig) -> DiagnosticsConfig:
-    """``cfg.diagnostics`` with its interval filled in from the agent's default when unset."""
-    if cfg.diagnostics.interval is not None:
-        return cfg.diagnostics
-    interval = 0
-    if cfg.agent.name == "sac":
-        interval = SAC_DIAGNOSTICS_INTERVAL
-    elif hasattr(cfg.agent, "n_steps"):
-        rollout = cfg.agent.n_steps * cfg.env.n_envs
-        interval = max(1, -(-ON_POLICY_DIAGNOSTICS_STEPS // rollout))
-    return cfg.diagnostics.model_copy(update={"interval": interval})
+def describe_kernels(learner: Learner) -> str:
+    """``name=fused, name=reference, …`` for the kernels the agent bound (``none`` if none)."""
+    active = learner.active_kernels
+    return ", ".join(f"{name}={kind}" for name, kind in sorted(active.items())) or "none"
 
 
 def check_checkpoint_matches(checkpoint: dict, cfg: RunConfig, path: Path) -> None:
@@ -238,20 +230,34 @@ def check_checkpoint_matches(checkpoint: dict, cfg: RunConfig, path: Path) -> No
 def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = False) -> TrainResult:
     """Train the agent ``cfg`` names for ``cfg.total_steps`` environment steps into ``run_dir``.
 
-    With ``resume``, continue the run in ``run_dir`` from its latest checkpoint.
+    With ``resume``, continue the run in ``run_dir`` from its latest checkpoint. The run holds
+    ``run_dir``'s lock (:mod:`rlgrad.run_lock`) from start to end, so another process that
+    would write into it stops first with :class:`~rlgrad.run_lock.RunDirInUse`; once it is
+    held, temporary files that killed saves left there are removed.
     """
+    if resume and not (run_dir / CHECKPOINT_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint ({CHECKPOINT_FILE}) to resume from; start it "
+            "again with rlgrad train CONFIG --run-dir DIR --overwrite"
+        )
+    with hold_run_dir(run_dir):
+        remove_orphan_temp_files(run_dir / CHECKPOINT_FILE)
+        for name in (RESULT_FILE, "config.yaml"):  # temporary files of killed writes
+            (run_dir / f".{name}.tmp").unlink(missing_ok=True)
+        return _train(cfg, run_dir, quiet, resume)
+
+
+def _train(cfg: RunConfig, run_dir: Path, quiet: bool, resume: bool) -> TrainResult:
+    """:func:`train`'s body, run while it holds ``run_dir``'s lock."""
     checkpoint = None
     if resume:
         path = run_dir / CHECKPOINT_FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"{run_dir} has no checkpoint ({CHECKPOINT_FILE}) to resume from; start it "
-                "again with rlgrad train CONFIG --run-dir DIR --overwrite"
-            )
         checkpoint = load_checkpoint(path)
         check_checkpoint_matches(checkpoint, cfg, path)
+        jsonl_bytes = checkpoint.get("logger", {}).get("jsonl_bytes")
+        if jsonl_bytes is not None:  # a torn metrics.jsonl: refuse before anything is written
+            JsonlSink.check_resumable(run_dir / "metrics.jsonl", jsonl_bytes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.seed)
     learner = Learner(cfg.learner)
     device = learner.device
@@ -279,6 +285,10 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
         else:
             obs, _ = envs.reset(seed=cfg.seed)
             loop.obs = to_tensor(obs, device)
+        kernels = describe_kernels(learner)
+        write_atomically(run_dir / "config.yaml", f"# kernels: {kernels}\n{to_yaml(cfg)}")
+        if not quiet:
+            print(f"rlgrad: {cfg.agent.name} on {cfg.env.id} into {run_dir} (kernels: {kernels})")
         logger = build_logger(cfg, run_dir, quiet, resume_from=checkpoint)
     except BaseException:
         envs.close()
@@ -298,8 +308,9 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
     def save() -> Path:
         return save_run_checkpoint(run_dir, cfg, agent, learner, envs, loop, logger)
 
-    diagnose = getattr(agent, "diagnose", None)
-    diagnostics = resolve_diagnostics(cfg)
+    diagnostics = cfg.diagnostics.model_copy(
+        update={"interval": diagnostics_interval(agent, cfg.diagnostics)}
+    )
     start_step, start_time = loop.global_step, time.perf_counter()
     try:
         with stop_requests() as stop:
@@ -322,14 +333,12 @@ def train(cfg: RunConfig, run_dir: Path, quiet: bool = False, resume: bool = Fal
                 for episode in episode_metrics(info):
                     logger.log(episode, step)
 
-                updates_before = getattr(agent, "updates", 0)
-                metrics = agent.update(step)
+                updates_before = agent.updates
+                metrics = agent.update(step, will_measure(updates_before, diagnostics.interval))
                 if metrics:
                     loop.latest = dict(metrics)
-                if diagnose is not None and _crossed(
-                    updates_before, agent.updates, diagnostics.interval
-                ):
-                    logger.log({k: float(v) for k, v in diagnose(diagnostics).items()}, step)
+                if _crossed(updates_before, agent.updates, diagnostics.interval):
+                    logger.log({k: float(v) for k, v in agent.diagnose(diagnostics).items()}, step)
                 if _crossed(before, step, cfg.logging.interval) and loop.latest:
                     elapsed = time.perf_counter() - start_time
                     logger.log(
@@ -379,22 +388,23 @@ def restore(
     load_rng_state(checkpoint["rng"])
 
 
-def write_result(result: TrainResult) -> Path:
-    """``result.json``: written last and atomically, so its presence marks a finished run."""
-    path = result.run_dir / RESULT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "global_step": result.global_step,
-                "eval_return_mean": result.eval_return_mean,
-                "eval_return_std": result.eval_return_std,
-            }
-        )
-        + "\n"
-    )
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (or a run
+    killed midway) sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_result(result: TrainResult) -> Path:
+    """``result.json``: written last and atomically, so its presence marks a finished run."""
+    summary = {
+        "global_step": result.global_step,
+        "eval_return_mean": result.eval_return_mean,
+        "eval_return_std": result.eval_return_std,
+    }
+    return write_atomically(result.run_dir / RESULT_FILE, json.dumps(summary) + "\n")
 
 
 def save_run_checkpoint(
@@ -406,7 +416,11 @@ def save_run_checkpoint(
     loop: LoopState,
     logger: Logger,
 ) -> Path:
-    """Write ``run_dir/checkpoints/latest.pt`` atomically; returns its path."""
+    """Write ``run_dir/checkpoints/latest.pt`` atomically; returns its path.
+
+    ``logger.state_dict()`` fsyncs metrics.jsonl before the checkpoint recording its length is
+    written, so a checkpoint never points past rows a crash could lose.
+    """
     return save_checkpoint(
         run_dir / CHECKPOINT_FILE,
         {

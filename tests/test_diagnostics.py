@@ -14,7 +14,7 @@ from rlgrad.agents.sac import Agent, Config
 from rlgrad.config import DiagnosticsConfig
 from rlgrad.diagnostics import flatten, gradient_statistics
 from rlgrad.envs import EnvSpec
-from rlgrad.estimators import summarize
+from rlgrad.estimators import ScoreFunction, summarize
 from rlgrad.learner import Learner
 
 
@@ -66,7 +66,10 @@ def test_score_per_sample_grads_equal_backward_loop():
     with torch.no_grad():
         policy = agent.actor(obs)
         u = policy.rsample_pre_tanh((4,))
-        advantage = agent._score_advantage(obs, policy, u, alpha)
+        k = u.shape[0]
+        q = torch.stack([agent.critic(obs, torch.tanh(u[j])).min(0).values for j in range(k)])
+        h = alpha * policy.log_prob_pre_tanh(u) - q
+        advantage = h - (h.sum(0, keepdim=True) - h) / (k - 1)  # leave-one-out baseline
     losses = []
     for i in range(5):
         log_prob = agent.actor(obs[i : i + 1]).log_prob_pre_tanh(u[:, i : i + 1])  # (K, 1)
@@ -102,7 +105,7 @@ def _fit_value(agent: Agent, alpha: torch.Tensor, steps: int = 300) -> None:
     gen = torch.Generator().manual_seed(11)
     for _ in range(steps):
         obs = torch.randn(64, 3, generator=gen)
-        agent.fit_score_value(obs, agent.actor(obs), alpha)
+        agent.fit_score_value(obs, agent.policy(obs), alpha)
 
 
 @pytest.mark.parametrize("baseline", ["loo", "none", "value"])
@@ -143,7 +146,8 @@ def test_value_baseline_lowers_score_variance():
     obs = torch.randn(512, 3)
 
     def score_variance(baseline: str) -> float:
-        agent.cfg = agent.cfg.model_copy(update={"score_baseline": baseline})
+        k = agent.cfg.score_samples
+        agent.estimators["score"] = ScoreFunction(k, baseline, agent.state_value)
         torch.manual_seed(2)  # the same draws for every baseline
         moments = agent.gradient_moments(obs, alpha)["score"]
         return diagnostics.moment_statistics(moments)["variance"].item()
@@ -301,8 +305,15 @@ def test_snr_of_pure_noise_is_about_one_whatever_the_measured_and_described_batc
 def test_default_diagnostics_interval_measures_about_every_2048_steps(
     config: str, overrides: list[str], interval: int
 ) -> None:
+    from rlgrad.agent import diagnostics_interval
+    from rlgrad.agents import agent_spec
     from rlgrad.config import load_config
-    from rlgrad.runner import resolve_diagnostics
+    from rlgrad.envs import EnvSpec
+    from rlgrad.learner import Learner
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / config, overrides)
-    assert resolve_diagnostics(cfg).interval == interval
+    spec = EnvSpec(obs_dim=3, act_dim=1)
+    agent = agent_spec(cfg.agent.name).agent(
+        cfg.agent, spec, Learner(cfg.learner), cfg.env.n_envs, cfg.total_steps
+    )
+    assert diagnostics_interval(agent, cfg.diagnostics) == interval

@@ -1,4 +1,4 @@
-"""Tests of rlgrad.estimators against closed forms (ESTIMATORS.md §4) and against autograd loops.
+"""Tests of rlgrad.estimators against closed forms (docs/estimators.md §5) and autograd loops.
 
 Sample sizes for the "variance within 5 %" checks are computed, not guessed: a single-sample
 estimate g of the f = (x − k)² problem is a polynomial in ε ~ N(0, 1), so its kurtosis

@@ -1,5 +1,5 @@
-"""rlgrad.fused and the learner's direct fused-Adam step: the same numbers as the module code and
-``torch.optim.Adam.step`` (values, not timings)."""
+"""rlgrad.kernels.sac and the learner's direct fused-Adam step: the same numbers as the module code
+and ``torch.optim.Adam.step`` (values, not timings)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from rlgrad.agents import sac
 from rlgrad.config import LearnerConfig
-from rlgrad.fused import ensemble_mlp, relu_mlp_heads, relu_trunk, tanh_gaussian_rsample
+from rlgrad.kernels.sac import ensemble_mlp, relu_mlp_heads, relu_trunk, tanh_gaussian_rsample
 from rlgrad.learner import Learner
 from rlgrad.networks import EnsembleMLP, mlp
 
@@ -73,7 +73,11 @@ def test_actor_fused_sample_equals_the_distribution_path_to_the_bit_and_its_grad
     obs = torch.randn(128, 3)
     alpha = 0.3
     torch.manual_seed(3)
-    a_fused, lp_fused = fused_actor.rsample_with_log_prob(obs)
+    heads = (fused_actor.mean, fused_actor.log_std)
+    mean, raw_log_std = relu_mlp_heads(obs, relu_trunk(fused_actor.trunk), heads)
+    eps = torch.randn(mean.shape)
+    bounds = (fused_actor.log_std_min, fused_actor.log_std_max)
+    a_fused, lp_fused = tanh_gaussian_rsample(mean, raw_log_std, eps, *bounds)
     torch.manual_seed(3)
     a_ref, lp_ref = ref_actor(obs).rsample_with_log_prob()
     assert torch.equal(a_fused, a_ref) and torch.equal(lp_fused, lp_ref)
@@ -117,8 +121,8 @@ def test_relu_mlp_heads_input_gradient_matches_autograd():
     torch.testing.assert_close(g_fused, g_ref, **TOL)
 
 
-def _filled_agent() -> sac.Agent:
-    return filled_sac_agent(LearnerConfig(device="cpu"), seed=5)
+def _filled_agent(kernels: str = "auto") -> sac.Agent:
+    return filled_sac_agent(LearnerConfig(device="cpu", kernels=kernels), seed=5)
 
 
 def _updates(agent: sac.Agent, n: int) -> list[dict[str, torch.Tensor]]:
@@ -126,21 +130,15 @@ def _updates(agent: sac.Agent, n: int) -> list[dict[str, torch.Tensor]]:
     return [agent.update_once(agent.buffer.sample(64)) for _ in range(n)]
 
 
-def test_sac_update_with_fused_paths_tracks_the_module_path(monkeypatch):
-    """Twenty updates through rlgrad.fused and twenty through the module code it stands in
-    for, from one seed: the same losses and parameters up to float rounding."""
-    fused, reference = _filled_agent(), _filled_agent()
+def test_sac_update_with_fused_paths_tracks_the_module_path():
+    """Twenty updates through rlgrad.kernels.sac (learner.kernels=auto) and twenty through the
+    references they stand in for (learner.kernels=reference), from one seed: the same losses
+    and parameters up to float rounding."""
+    fused, reference = _filled_agent("auto"), _filled_agent("reference")
+    assert set(fused.learner.active_kernels.values()) == {"fused"}
+    assert set(reference.learner.active_kernels.values()) == {"reference"}
     fused_metrics = _updates(fused, 20)
-    with monkeypatch.context() as m:  # the module code: Actor.forward, EnsembleMLP.forward
-        m.setattr(sac, "relu_trunk", lambda trunk: None)
-        m.setattr(
-            sac.TwinCritic,
-            "forward",
-            lambda self, obs, actions, params=None: self.ensemble(
-                torch.cat([obs, actions], -1), params
-            ).squeeze(-1),
-        )
-        ref_metrics = _updates(reference, 20)
+    ref_metrics = _updates(reference, 20)
 
     for got, want in zip(fused_metrics, ref_metrics, strict=True):
         for key in ("losses/critic", "losses/actor", "losses/alpha"):

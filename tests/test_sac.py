@@ -54,8 +54,9 @@ def _agent(estimator: str) -> Agent:
 def test_pathwise_actor_loss_leaves_critic_weights_without_gradient():
     agent = _agent("pathwise")
     obs = torch.randn(8, 3)
-    actions, log_prob = agent.actor(obs).rsample_with_log_prob()
-    loss = agent.pathwise_actor_loss(obs, actions, log_prob, torch.tensor(0.2))
+    policy = agent.policy(obs)
+    objective = agent.actor_objective(obs, torch.tensor(0.2))
+    loss, _ = agent.estimator.loss(policy, agent.estimator.draw(policy), objective)
     loss.backward()
     assert all(p.grad is None for p in agent.critic.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())
@@ -67,7 +68,9 @@ def test_score_actor_loss_matches_hand_written_estimator():
     alpha = torch.tensor(0.3)
     obs = torch.randn(5, 3)
     torch.manual_seed(1)
-    loss = agent.score_actor_loss(obs, agent.actor(obs), alpha)
+    policy = agent.policy(obs)
+    objective = agent.actor_objective(obs, alpha)
+    loss, _ = agent.estimator.loss(policy, agent.estimator.draw(policy), objective)
     surrogate_grad = torch.autograd.grad(loss, list(agent.actor.parameters()))
 
     torch.manual_seed(1)

@@ -136,9 +136,10 @@ def test_sac_pathwise_rows_equal_backward_loop(trained_sac):
     actor = model.actor
     alpha = model.log_ent_coef.detach().exp().reshape(())
     torch.manual_seed(11)
-    obs, eps = torch.randn(5, 3), torch.randn(5, 1)
+    obs = torch.randn(5, 3)
+    eps = torch.randn(5, 1, generator=torch.Generator().manual_seed(3))  # the callback's draw
     got = torch.cat(
-        [g.reshape(5, -1) for g in callback.sac_pathwise_per_sample(obs, eps, alpha).values()], 1
+        [g.reshape(5, -1) for g in callback.sac_per_sample("pathwise", obs, alpha).values()], 1
     )
     losses = []
     for i in range(5):  # SB3's actor objective, one state and one noise draw at a time
@@ -152,14 +153,18 @@ def test_sac_pathwise_rows_equal_backward_loop(trained_sac):
 
 def test_sac_score_rows_equal_backward_loop(trained_sac):
     model, _, _ = trained_sac
-    callback = GradientDiagnosticsCallback(score_samples=4)
+    callback = GradientDiagnosticsCallback(score_samples=4, seed=4)
     callback.init_callback(model)
     actor = model.actor
     alpha = model.log_ent_coef.detach().exp().reshape(())
     torch.manual_seed(12)
-    obs, u = torch.randn(5, 3), torch.randn(4, 5, 1)
+    obs = torch.randn(5, 3)
+    eps = torch.randn(4, 5, 1, generator=torch.Generator().manual_seed(4))  # the callback's draw
+    with torch.no_grad():
+        mean, log_std, _ = actor.get_action_dist_params(obs)
+        u = mean + log_std.exp() * eps  # pre-tanh actions, K = 4 per state
     got = torch.cat(
-        [g.reshape(5, -1) for g in callback.sac_score_per_sample(obs, u, alpha).values()], 1
+        [g.reshape(5, -1) for g in callback.sac_per_sample("score", obs, alpha).values()], 1
     )
     losses = []
     for i in range(5):  # K = 4 actions at state i, leave-one-out baseline, SB3's objects

@@ -8,7 +8,7 @@
 
 Every ``interval`` environment steps the callback measures per-sample policy gradients
 (``torch.func``: ``vmap(grad(·))`` over ``functional_call``, no Python loop over samples) and
-records their statistics (ESTIMATORS.md §3, :func:`rlgrad.diagnostics.gradient_statistics`)
+records their statistics (docs/estimators.md §4, :func:`rlgrad.diagnostics.gradient_statistics`)
 through SB3's logger, ``self.logger.record(key, value)``, so they reach whatever outputs the
 model logs to (stdout, CSV, JSON, TensorBoard, W&B through its SB3 integration). Keys are
 rlgrad's: ``grad/<estimator>/<statistic>`` with statistic one of ``grad_norm``, ``variance``
@@ -87,7 +87,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from rlgrad import diagnostics
-from rlgrad.distributions import Gaussian
+from rlgrad.estimators import (
+    ActionObjective,
+    Pathwise,
+    PolicyGradientEstimator,
+    ScoreFunction,
+    SquashedGaussianPolicy,
+)
 
 __all__ = ["GradientDiagnosticsCallback", "sb3_squashed_log_prob"]
 
@@ -99,10 +105,10 @@ def sb3_squashed_log_prob(mean: Tensor, log_std: Tensor, u: Tensor, epsilon: flo
     """SB3's ``SquashedDiagGaussianDistribution.log_prob(tanh(u), u)``, summed over the last dim.
 
     Σ_j [log N(u_j; μ_j, exp(log σ_j)) − log(1 − tanh²(u_j) + ε)]; broadcasts over leading
-    dimensions (SB3's own sums over dim 1 and cannot), and has no in-place ops.
+    dimensions (SB3's own sums over dim 1 and cannot), and has no in-place ops. It is the
+    density of :class:`rlgrad.estimators.SquashedGaussianPolicy` with ``epsilon``.
     """
-    a = torch.tanh(u)
-    return Gaussian.from_log_std(mean, log_std).log_prob(u) - torch.log(1 - a**2 + epsilon).sum(-1)
+    return SquashedGaussianPolicy(mean, log_std, epsilon=epsilon).log_prob_pre_tanh(u)
 
 
 class _Method(nn.Module):
@@ -221,6 +227,11 @@ class GradientDiagnosticsCallback(BaseCallback):
         self.reference_batch = reference_batch
         self.per_layer = per_layer
         self.score_samples = score_samples
+        # The actor-gradient estimators measured on SAC models (rlgrad.estimators).
+        self.estimators: dict[str, PolicyGradientEstimator] = {
+            "pathwise": Pathwise(),
+            "score": ScoreFunction(score_samples, "loo"),
+        }
         self.seed = seed
         self.last_metrics: dict[str, float] = {}
         self.last_seconds = math.nan
@@ -337,97 +348,61 @@ class GradientDiagnosticsCallback(BaseCallback):
         return model.ent_coef_tensor.detach().reshape(())
 
     def _min_q(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """min_i Q_i(s, a), shape (B,); gradients flow to the actions, not into the critic."""
-        return torch.cat(self.model.critic(obs, actions), dim=1).min(dim=1).values
+        """min_i Q_i(s, a) for actions (B, d) or (K, B, d); gradients flow to the actions only
+        (``torch.autograd.grad`` with respect to them: nothing accumulates in the critic)."""
+        lead = actions.shape[:-1]
+        obs = obs.expand(*lead, obs.shape[-1]).reshape(-1, obs.shape[-1])
+        q = torch.cat(self.model.critic(obs, actions.reshape(-1, actions.shape[-1])), dim=1)
+        return q.min(dim=1).values.view(lead)
 
-    def _randn(self, *shape: int) -> Tensor:
-        return torch.randn(shape, generator=self._generator, device=self.model.device)
-
-    def sac_pathwise_per_sample(self, obs: Tensor, eps: Tensor, alpha: Tensor) -> dict[str, Tensor]:
-        """∇θ [α log π(a_i|s_i) − min Q(s_i, a_i)], a_i = tanh(μ(s_i) + σ(s_i) ε_i), per row."""
+    def _policy(
+        self, obs: Tensor, call: Callable[..., Any] | None = None
+    ) -> SquashedGaussianPolicy:
+        """π(·|s) as SB3's actor computes it, with SB3's ε inside log(1 − tanh² u + ε)."""
         actor = self.model.actor
-        epsilon = float(actor.action_dist.epsilon)
-        with torch.no_grad():
-            mean, log_std, _ = actor.get_action_dist_params(obs)
-            u = mean + log_std.exp() * eps
-        action = torch.tanh(u).requires_grad_(True)
-        (dq_da,) = torch.autograd.grad(self._min_q(obs, action).sum(), action)
+        mean, log_std, _ = (call or actor.get_action_dist_params)(obs)
+        return SquashedGaussianPolicy(mean, log_std, epsilon=float(actor.action_dist.epsilon))
 
-        def loss(call, obs_i, eps_i, dq_da_i):
-            mean_i, log_std_i, _ = call(obs_i)
-            u_i = mean_i + log_std_i.exp() * eps_i
-            log_prob = sb3_squashed_log_prob(mean_i, log_std_i, u_i, epsilon)
-            return (alpha * log_prob - (dq_da_i * torch.tanh(u_i)).sum(-1)).sum()
+    def _objective(self, obs: Tensor, alpha: Tensor) -> ActionObjective:
+        """h(s, a) = α log π(a|s) − min_i Q_i(s, a): SB3's ``SAC.train`` actor objective."""
+        return ActionObjective(lambda actions: -self._min_q(obs, actions), alpha, obs)
+
+    def _draw(self, estimator: PolicyGradientEstimator, policy: SquashedGaussianPolicy) -> Tensor:
+        """The estimator's noise, from the callback's own generator."""
+        return estimator.draw(policy, generator=self._generator)
+
+    def sac_per_sample(self, name: str, obs: Tensor, alpha: Tensor) -> dict[str, Tensor]:
+        """Per state, ∇θ of estimator ``name``'s row loss (``rlgrad.estimators``) on SB3's actor:
+        the same objects, draws and surrogates as rlgrad's SAC diagnostics."""
+        actor = self.model.actor
+        estimator = self.estimators[name]
+        with torch.no_grad():
+            policy = self._policy(obs)
+            noise = self._draw(estimator, policy)
+            prepared = estimator.prepare(policy, noise, self._objective(obs, alpha))
+        inputs, row_loss = estimator.per_state(noise, prepared, alpha)
+
+        def loss(call, obs_i, *inputs_i):
+            return row_loss(self._policy(obs_i, call), *inputs_i)
 
         names = [n for n, p in actor.named_parameters() if p.requires_grad]
-        return _per_sample_grads(actor, "get_action_dist_params", names, loss, obs, eps, dq_da)
-
-    def _sac_score_advantage(self, obs: Tensor, u: Tensor, alpha: Tensor) -> Tensor:
-        """h(a) − b for pre-tanh draws u (K, B, d): h = α log π − min Q, b leave-one-out."""
-        actor = self.model.actor
-        k, b = u.shape[:2]
-        with torch.no_grad():
-            mean, log_std, _ = actor.get_action_dist_params(obs)
-            log_prob = sb3_squashed_log_prob(mean, log_std, u, float(actor.action_dist.epsilon))
-            obs_k = obs.unsqueeze(0).expand(k, *obs.shape).reshape(k * b, *obs.shape[1:])
-            q = self._min_q(obs_k, torch.tanh(u).reshape(k * b, -1)).view(k, b)
-            h = alpha * log_prob - q
-            return h - (h.sum(0, keepdim=True) - h) / (k - 1)
-
-    def _sac_draw_pre_tanh(self, obs: Tensor) -> Tensor:
-        with torch.no_grad():
-            mean, log_std, _ = self.model.actor.get_action_dist_params(obs)
-            noise = self._randn(self.score_samples, *mean.shape)
-            return mean + log_std.exp() * noise
-
-    def sac_score_per_sample(self, obs: Tensor, u: Tensor, alpha: Tensor) -> dict[str, Tensor]:
-        """Per state: mean_k [(h_k − b_k + α) ∇θ log π(a_k|s)] over its K draws u (K, B, d)."""
-        actor = self.model.actor
-        epsilon = float(actor.action_dist.epsilon)
-        advantage = self._sac_score_advantage(obs, u, alpha)  # (K, B)
-
-        def loss(call, obs_i, u_i, adv_i):  # (1, obs), (1, K, d), (1, K)
-            mean_i, log_std_i, _ = call(obs_i)  # (1, d)
-            log_prob = sb3_squashed_log_prob(mean_i, log_std_i, u_i.transpose(0, 1), epsilon)
-            return ((adv_i.transpose(0, 1) + alpha) * log_prob).mean()
-
-        names = [n for n, p in actor.named_parameters() if p.requires_grad]
-        return _per_sample_grads(
-            actor,
-            "get_action_dist_params",
-            names,
-            loss,
-            obs,
-            u.transpose(0, 1),
-            advantage.transpose(0, 1),
-        )
+        return _per_sample_grads(actor, "get_action_dist_params", names, loss, obs, *inputs)
 
     def _measure_sac(self) -> dict[str, Tensor]:
         actor = self.model.actor
         params = [p for p in actor.parameters() if p.requires_grad]
-        epsilon = float(actor.action_dist.epsilon)
         alpha = self._alpha()
         obs = self._replay_obs(self.batch)
         ref_obs = self._replay_obs(self.reference_batch)
-        act_dim = self.model.action_space.shape[0]
+        per_sample = {name: self.sac_per_sample(name, obs, alpha) for name in self.estimators}
 
-        per_sample = {
-            "pathwise": self.sac_pathwise_per_sample(obs, self._randn(len(obs), act_dim), alpha),
-            "score": self.sac_score_per_sample(obs, self._sac_draw_pre_tanh(obs), alpha),
-        }
-
-        # References: the same two estimators as batch gradients on reference_batch states.
-        mean, log_std, _ = actor.get_action_dist_params(ref_obs)
-        u = mean + log_std.exp() * self._randn(*mean.shape)
-        log_prob = sb3_squashed_log_prob(mean, log_std, u, epsilon)
-        pathwise_loss = (alpha * log_prob - self._min_q(ref_obs, torch.tanh(u))).mean()
-        u_k = self._sac_draw_pre_tanh(ref_obs)
-        advantage = self._sac_score_advantage(ref_obs, u_k, alpha)
-        score_loss = (advantage + alpha) * sb3_squashed_log_prob(mean, log_std, u_k, epsilon)
-        reference = {
-            "pathwise": _flat_grad(pathwise_loss, params, retain_graph=True),
-            "score": _flat_grad(score_loss.mean(), params),
-        }
+        # References: the same estimators as batch gradients on reference_batch states.
+        reference = {}
+        objective = self._objective(ref_obs, alpha)
+        for name, estimator in self.estimators.items():
+            policy = self._policy(ref_obs)
+            loss, _ = estimator.loss(policy, self._draw(estimator, policy), objective)
+            reference[name] = _flat_grad(loss, params)
 
         metrics: dict[str, Tensor] = {}
         means: dict[str, Tensor] = {}

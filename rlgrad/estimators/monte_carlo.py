@@ -1,6 +1,6 @@
 """Score-function and pathwise estimators of ∇θ E_{x~qθ}[f(x)], one estimate per sample.
 
-Maths (see ESTIMATORS.md; Mohamed, Rosca, Figurnov & Mnih 2020, JMLR):
+Maths (see docs/estimators.md; Mohamed, Rosca, Figurnov & Mnih 2020, JMLR):
 
     G(θ) = ∇θ E_{x~qθ}[f(x)]
 
@@ -30,7 +30,7 @@ Conventions shared by both estimators:
   of the whole sample x_i, i.e. of a diagonal Gaussian when the parameters are vectors.
 * For a distribution with a pre-tanh handle (``rsample_pre_tanh`` and ``log_prob_pre_tanh``, as
   rlgrad's ``TanhGaussian``), the score-function path keeps the pre-tanh sample u, gives f the
-  action a = tanh(u) and evaluates log q through u, never through atanh(a) (ESTIMATORS.md §5).
+  action a = tanh(u) and evaluates log q through u, never through atanh(a) (docs/estimators.md §1).
 
 Vectorisation (no Python loop over samples):
 
@@ -65,6 +65,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from torch.func import grad, jacfwd, vmap
+
+from rlgrad.estimators.policy import leave_one_out_mean
 
 __all__ = [
     "Baseline",
@@ -205,8 +207,8 @@ def _baseline_values(values: Tensor, baseline: Baseline) -> Tensor:
     if baseline is None:
         return torch.zeros_like(values)
     if isinstance(baseline, str):  # "mean", checked by _check_arguments
-        v = values.double()
-        return ((v.sum() - v) / (v.numel() - 1)).to(values.dtype)
+        # The score-function estimator's leave-one-out baseline, over the n draws.
+        return leave_one_out_mean(values.double()).to(values.dtype)
     return torch.full_like(values, float(baseline))
 
 
@@ -355,13 +357,14 @@ def _rng(
 
 @dataclass(frozen=True)
 class GradientSummary:
-    """Statistics of n per-sample gradient estimates g_1 … g_n ∈ R^P (ESTIMATORS.md §3).
+    """Statistics of n per-sample gradient estimates g_1 … g_n ∈ R^P (docs/estimators.md §4),
+    named as the diagnostics name them (``variance``, ``batch_variance``, ``snr``).
 
     All in float64, flattened over the parameters in order (``unflatten`` splits them back):
 
     * ``mean``      ḡ = (1/n) Σ g_i, shape (P,)
     * ``var``       per-element unbiased variance (1/(n−1)) Σ (g_i − ḡ)², shape (P,)
-    * ``trace_var`` tr Σ̂ = Σ_p var_p, the per-sample variance, shape ()
+    * ``variance``  tr Σ̂ = Σ_p var_p, the per-sample variance, shape ()
     * ``stderr``    standard error of each element of ḡ, √(var/n), shape (P,)
     * ``snr``       ‖ḡ‖² / (tr Σ̂ / n), shape () (inf when every sample is identical)
     """
@@ -369,15 +372,25 @@ class GradientSummary:
     n: int
     mean: Tensor
     var: Tensor
-    trace_var: Tensor
+    variance: Tensor
     stderr: Tensor
     snr: Tensor
     shapes: tuple[torch.Size, ...]
 
     @property
-    def batch_var(self) -> Tensor:
+    def batch_variance(self) -> Tensor:
         """tr Σ̂ / n: the variance of the batch estimate ḡ."""
-        return self.trace_var / self.n
+        return self.variance / self.n
+
+    @property
+    def trace_var(self) -> Tensor:
+        """``variance`` under its earlier name (kept for existing code)."""
+        return self.variance
+
+    @property
+    def batch_var(self) -> Tensor:
+        """``batch_variance`` under its earlier name (kept for existing code)."""
+        return self.batch_variance
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
         """Split a (P,) vector (``mean``, ``var``, ``stderr``) into the parameters' shapes."""
@@ -418,7 +431,7 @@ def summarize(grads: Tensor | Sequence[Tensor]) -> GradientSummary:
         n=n,
         mean=mean,
         var=var,
-        trace_var=trace_var,
+        variance=trace_var,
         stderr=(var / n).sqrt(),
         snr=mean.pow(2).sum() / (trace_var / n),
         shapes=shapes,
@@ -443,7 +456,7 @@ class GaussianQuadraticMoments:
 def closed_form_gaussian_quadratic(
     mu: float, sigma: float, k: float, baseline: float = 0.0
 ) -> GaussianQuadraticMoments:
-    """ESTIMATORS.md §4 in closed form, extended to a constant score-function baseline b.
+    """docs/estimators.md §5 in closed form, extended to a constant score-function baseline b.
 
     With d = μ − k and c = E[f] − b = d² + σ² − b (x = μ + σε, ε ~ N(0, 1)):
 
@@ -454,7 +467,7 @@ def closed_form_gaussian_quadratic(
 
     b = 0 gives the §4 table, (d⁴ + 14d²σ² + 15σ⁴)/σ² and 2(d⁴ + 30d²σ² + 37σ⁴)/σ²; b = E f
     (c = 0) gives 8d² + 10σ² and 40d² + 56σ². The variance-minimising constants differ per
-    parameter: c = −2σ² for ∂μ and c = −4σ² for ∂σ (ESTIMATORS.md §5's b*_j).
+    parameter: c = −2σ² for ∂μ and c = −4σ² for ∂σ (the optimal constant baseline b*_j).
     Derivation: expand (f − b)·ε/σ and (f − b)(ε² − 1)/σ as polynomials in ε and use
     E ε^{2m} = (2m − 1)!!.
     """

@@ -19,6 +19,11 @@ The actor's forward values are bit-identical to the module code's; the critics' 
 gradients agree with it to float rounding (some kernels sum in a different order). None of these
 supports double backward or ``torch.func`` transforms: the modules remain the reference and
 serve those uses.
+
+Each is registered in :mod:`rlgrad.kernels` against the reference it stands in for
+(:func:`rlgrad.networks.mlp_heads`, ``EnsembleMLP.forward``,
+:func:`rlgrad.distributions.squashed_gaussian_sample`), with the adapters at the end of this
+module: the same signature as the reference, a ``supports`` predicate and random examples.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlgrad.distributions import _HALF_LOG_TWO_PI
+from rlgrad.distributions import _HALF_LOG_TWO_PI, squashed_gaussian_sample
+from rlgrad.networks import EnsembleMLP, mlp, mlp_heads
 
 _LOG_TWO = math.log(2.0)
 
@@ -204,3 +210,94 @@ def tanh_gaussian_rsample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, log π(a)) for a = tanh(μ + exp(clamp(r, lo, hi)) ε): a reparameterized sample."""
     return _TanhGaussianRsample.apply(mean, raw_log_std, eps, lo, hi)
+
+
+# ----------------------------------------------------------------------------- registration
+# Each stand-in with its reference's signature, what it supports, and random examples.
+
+reference_mlp_heads = mlp_heads
+reference_ensemble = EnsembleMLP.forward
+reference_squashed_sample = squashed_gaussian_sample
+
+
+def supports_always(*static: object) -> bool:
+    return True
+
+
+def supports_mlp_heads(trunk: nn.Sequential, heads: Sequence[nn.Module]) -> bool:
+    """A trunk ``Linear, ReLU, …, Linear, ReLU`` and linear heads."""
+    return relu_trunk(trunk) is not None and all(type(h) is nn.Linear for h in heads)
+
+
+def fused_mlp_heads(
+    trunk: nn.Sequential, heads: Sequence[nn.Linear], x: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    layers = relu_trunk(trunk)
+    assert layers is not None
+    return relu_mlp_heads(x, layers, heads)
+
+
+def supports_ensemble(ensemble: EnsembleMLP) -> bool:
+    """ReLU ensembles (the kernel's only activation)."""
+    return type(ensemble.activation) is nn.ReLU
+
+
+def fused_ensemble(
+    ensemble: EnsembleMLP, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    if params is None:
+        params = [*ensemble.weights, *ensemble.biases]
+    return ensemble_mlp(x, params)
+
+
+def fused_squashed_sample(
+    mean: torch.Tensor,
+    raw_log_std: torch.Tensor,
+    eps: torch.Tensor,
+    log_std_min: float,
+    log_std_max: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return tanh_gaussian_rsample(mean, raw_log_std, eps, log_std_min, log_std_max)
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    return int(torch.randint(low, high, (), generator=generator))
+
+
+def _double(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    module = module.double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
+    return module
+
+
+def example_mlp_heads(generator: torch.Generator) -> tuple[tuple, tuple]:
+    n_in, width, out = (
+        _randint(generator, 1, 9),
+        _randint(generator, 2, 33),
+        _randint(generator, 1, 5),
+    )
+    depth = _randint(generator, 1, 4)
+    trunk = _double(mlp([n_in, *[width] * depth], output_activation=True), generator)
+    heads = [_double(nn.Linear(width, out), generator) for _ in range(2)]
+    x = torch.randn(_randint(generator, 1, 17), n_in, generator=generator, dtype=torch.float64)
+    return (trunk, heads), (x.requires_grad_(),)
+
+
+def example_ensemble(generator: torch.Generator) -> tuple[tuple, tuple]:
+    n_in, width = _randint(generator, 1, 9), _randint(generator, 2, 33)
+    sizes = [n_in, *[width] * _randint(generator, 1, 3), _randint(generator, 1, 3)]
+    ensemble = _double(EnsembleMLP(_randint(generator, 1, 4), sizes), generator)
+    x = torch.randn(_randint(generator, 1, 17), n_in, generator=generator, dtype=torch.float64)
+    return (ensemble,), (x.requires_grad_(),)
+
+
+def example_squashed_sample(generator: torch.Generator) -> tuple[tuple, tuple]:
+    shape = (_randint(generator, 1, 17), _randint(generator, 1, 7))
+
+    def randn(scale: float) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * scale
+
+    # raw log σ spans the clamp bounds, so the clamp's zero gradient is exercised too.
+    return (), (randn(1.0).requires_grad_(), randn(3.0).requires_grad_(), randn(1.0), -2.0, 1.0)
