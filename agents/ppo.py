@@ -166,7 +166,7 @@ class Agent(OnPolicyAgent):
             normalize_advantage=cfg.normalize_advantage,
         )
         # ppo_loss, or for tanh/ReLU MLPs its fused stand-in (one node with a hand-written
-        # backward, about twice as fast on CPU), as learner.kernels selects; the reference
+        # backward; experiments/README.md), as learner.kernels selects; the reference
         # through torch.compile when learner.compile is set.
         bound = learner.kernel(ppo_loss, self.policy, self.value, self.loss_options)
         self.minibatch_loss = learner.compile(bound) if bound.kind == "reference" else bound

@@ -17,7 +17,14 @@ The advantage Â_t depends on ``baseline``:
 * ``value``: Â_t = Ĝ_t − V(s_t), V a learned state value (its own optimiser ``value``, fitted to
   Ĝ by ``value_epochs`` epochs of minibatch regression after each policy update);
 * ``gae``:   Â_t = GAE(λ) advantages from the same V (``gae_lambda``); V is fitted to the TD(λ)
-  returns Â + V.
+  returns Â + V;
+* ``optimal``: a separate constant baseline for every parameter element j of θ, the
+  variance-minimising b*_j = E[Ĝ s_j²]/E[s_j²] (s = ∇θ log π(a_t|s_t)), estimated for step t
+  from the rollout's other steps (leave-one-out), so the estimate stays unbiased:
+  ĝ_j = mean_t (Ĝ_t − b_tj) s_tj. This takes the per-step scores of the rollout
+  (``vmap(grad(·))``, one row of P numbers per step); the loss is then the linear surrogate
+  −Σ_j ĝ_j θ_j (same gradient), and advantage normalisation divides by std Ĝ without centring
+  (a centring would be another baseline).
 
 Returns and episode ends (see ``rlgrad.rollout``): a termination ends Ĝ. With a value function
 (``value``, ``gae``) a time-limit truncation and an episode still running at the end of the
@@ -37,6 +44,7 @@ from pydantic import Field
 from rlgrad import diagnostics
 from rlgrad.config import AgentConfig, DiagnosticsConfig
 from rlgrad.envs import EnvSpec
+from rlgrad.estimators import optimal_baseline
 from rlgrad.learner import Learner
 from rlgrad.on_policy import OnPolicyAgent
 from rlgrad.rollout import discounted_returns, gae
@@ -51,7 +59,7 @@ class Config(AgentConfig):
     n_steps: int = Field(1024, gt=0)
     """Vector-env steps per rollout (per env); one policy update per rollout."""
     gamma: float = Field(0.99, ge=0, le=1)
-    baseline: Literal["none", "mean", "value", "gae"] = "value"
+    baseline: Literal["none", "mean", "value", "gae", "optimal"] = "value"
     gae_lambda: float = Field(0.95, ge=0, le=1)
     mean_baseline_decay: float = Field(0.9, ge=0, lt=1)
     """b ← decay · b + (1 − decay) · mean Ĝ of the rollout, for ``baseline=mean``."""
@@ -80,6 +88,11 @@ def policy_gradient_loss(
     if weights is None:
         return -terms.mean()
     return -(terms * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(T,) values shaped to multiply per-step rows (T, *shape)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def normalize(
@@ -125,11 +138,16 @@ class Agent(OnPolicyAgent):
         # One policy-gradient step on the whole rollout.
         adv = advantages
         if cfg.advantage_normalization != "none":
-            adv = normalize(adv, weights, center=cfg.advantage_normalization == "standardize")
+            center = cfg.advantage_normalization == "standardize" and cfg.baseline != "optimal"
+            adv = normalize(adv, weights, center=center)
         policy = self.policy(obs)
         log_prob = policy.log_prob(buf.flat("actions"))
         pg_loss = policy_gradient_loss(log_prob, adv, weights)
         entropy = policy.entropy().mean()
+        if cfg.baseline == "optimal":  # the per-element baseline's gradient, as a surrogate
+            grad = self.optimal_baseline_gradient(obs, buf.flat("actions"), adv, weights)
+            params = dict(self.policy.named_parameters())
+            pg_loss = -sum((g * params[name]).sum() for name, g in grad.items())
         loss = pg_loss - cfg.ent_coef * entropy
         if measure:
             self.snapshot(
@@ -152,6 +170,25 @@ class Agent(OnPolicyAgent):
         if values is not None:
             metrics.update(self.fit_value(obs, returns, values))
         return metrics
+
+    def optimal_baseline_gradient(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        returns: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """ĝ_j = mean_t (Ĝ_t − b_tj) s_tj with the leave-one-out optimal baseline b_tj per
+        parameter element (steps of weight 0 left out), {name: shape of the parameter}."""
+        if weights is not None:
+            keep = weights > 0
+            obs, actions, returns = obs[keep], actions[keep], returns[keep]
+        params = {n: p.detach() for n, p in self.policy.named_parameters()}
+        scores = self.score_per_sample(params, obs, actions)
+        return {
+            name: ((_rows(returns, s) - optimal_baseline(returns, s)) * s).mean(0)
+            for name, s in scores.items()
+        }
 
     def advantages(
         self, values: torch.Tensor | None, next_values: torch.Tensor | None
@@ -214,7 +251,8 @@ class Agent(OnPolicyAgent):
         ``grad/score/variance_baseline_<name>_per_step`` / ``_per_episode``: tr Σ̂ of the
         score-function estimates −Â_t ∇θ log πθ(a_t|s_t) on the same steps with each baseline's
         unnormalised advantage: ``none`` Â = Ĝ, ``mean`` Â = Ĝ − mean Ĝ (over the rollout),
-        and with a value function ``value`` Â = Ĝ − V(s) and ``gae`` GAE(λ); Ĝ is the agent's
+        ``optimal`` Ĝ − b_tj per parameter element (leave-one-out over the rollout), and with a
+        value function ``value`` Â = Ĝ − V(s) and ``gae`` GAE(λ); Ĝ is the agent's
         reward-to-go (bootstrapped iff it has a V).
         """
         episode, n_episodes = diagnostics.episode_index(r["terminated"], r["truncated"])
@@ -229,14 +267,26 @@ class Agent(OnPolicyAgent):
         obs, actions = kept(r["obs"]), kept(r["actions"])
         if obs.shape[0] < 2:
             return {}
+        scores = self.score_per_sample(r["params"], obs, actions)
         grads = self.policy_loss_per_sample(r["params"], obs, actions, kept(r["advantages"]))
+        if self.cfg.baseline == "optimal":  # the trained gradient's rows: per-element baselines
+            returns = kept(r["advantages"])
+            entropy = self.policy_loss_per_sample(r["params"], obs, actions, 0.0 * returns)
+            grads = {
+                k: entropy[k] - (_rows(returns, s) - optimal_baseline(returns, s)) * s
+                for k, s in scores.items()
+            }
         stats = diagnostics.step_and_episode_statistics(grads, episode, n_episodes, cfg.per_layer)
         metrics = diagnostics.prefixed("grad/score", stats)
 
-        scores = self.score_per_sample(r["params"], obs, actions)
         for name, adv in self.baseline_advantages(r).items():
             adv = kept(adv)
-            estimates = {k: -adv.view(-1, *([1] * (s.dim() - 1))) * s for k, s in scores.items()}
+            if name == "optimal":
+                estimates = {
+                    k: -(_rows(adv, s) - optimal_baseline(adv, s)) * s for k, s in scores.items()
+                }
+            else:
+                estimates = {k: -_rows(adv, s) * s for k, s in scores.items()}
             stats = diagnostics.step_and_episode_statistics(estimates, episode, n_episodes)
             for unit in ("per_step", "per_episode"):
                 if f"variance_{unit}" in stats:
@@ -286,7 +336,8 @@ class Agent(OnPolicyAgent):
         ).reshape(-1)
         weights = r["weights"]
         mean = returns.mean() if weights is None else (returns * weights).sum() / weights.sum()
-        out = {"none": returns, "mean": returns - mean}
+        # "optimal": the returns, to which each parameter element's own baseline is applied.
+        out = {"none": returns, "mean": returns - mean, "optimal": returns}
         if r["values"] is not None:
             out["value"] = returns - r["values"]
             advantages, _ = gae(

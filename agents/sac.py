@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -59,6 +60,7 @@ from rlgrad.distributions import TanhGaussian, squashed_gaussian_sample
 from rlgrad.envs import EnvSpec
 from rlgrad.estimators import (
     ActionObjective,
+    Mixed,
     Pathwise,
     PolicyGradientEstimator,
     ScoreFunction,
@@ -90,19 +92,26 @@ class Config(AgentConfig):
     n_critics: int = Field(2, gt=0)
     log_std_min: float = -20.0
     log_std_max: float = 2.0
-    actor_estimator: Literal["pathwise", "score"] = "pathwise"
-    score_baseline: Literal["none", "loo", "value"] = "loo"
+    actor_estimator: Literal["pathwise", "score", "mixed"] = "pathwise"
+    """The actor's gradient estimator (``rlgrad.estimators``): ``mixed`` weights the pathwise
+    and score-function estimates per actor layer by inverse variance (see ``mix_interval``)."""
+    score_baseline: Literal["none", "loo", "value", "optimal"] = "loo"
     """Baseline of the score-function estimator: none, leave-one-out mean of h over the K
-    actions, or a learned soft state value (see the module docstring)."""
+    actions, a learned soft state value, or the optimal constant per parameter of π(·|s)
+    (leave-one-out over the K actions; see the module docstring)."""
     score_samples: int = Field(8, gt=0)
     """K: actions drawn per state by the score-function estimator."""
+    mix_interval: int = Field(1000, gt=0)
+    """``actor_estimator=mixed``: updates between two refreshes of the per-layer weights, each
+    from a measurement of both estimators on states and draws of its own (the first before the
+    first update; until then pathwise alone)."""
 
     @model_validator(mode="after")
     def _check(self) -> Config:
         if self.log_std_min >= self.log_std_max:
             raise ValueError("log_std_min must be below log_std_max")
-        if self.score_baseline == "loo" and self.score_samples < 2:
-            raise ValueError("score_baseline=loo needs score_samples >= 2")
+        if self.score_baseline in ("loo", "optimal") and self.score_samples < 2:
+            raise ValueError(f"score_baseline={self.score_baseline} needs score_samples >= 2")
         return self
 
 
@@ -139,6 +148,21 @@ class TwinCritic(nn.Module):
     ) -> torch.Tensor:
         forward = self.ensemble_forward or self.ensemble
         return forward(torch.cat([obs, actions], -1), params).squeeze(-1)
+
+
+def _layer_of(parameter: str) -> str:
+    """``trunk.0.weight`` → ``trunk.0``: the layer a parameter tensor belongs to."""
+    return parameter.rsplit(".", 1)[0]
+
+
+@dataclass
+class ActorMeasurement:
+    """One measurement of the actor's estimators (:meth:`Agent.measure`)."""
+
+    moments: dict[str, diagnostics.GradientMoments] = field(default_factory=dict)
+    deltas: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    cross: dict[str, torch.Tensor] = field(default_factory=dict)
+    tail_share: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Agent:
@@ -181,11 +205,13 @@ class Agent:
 
         # The actor's gradient estimators (rlgrad.estimators): ``estimator`` trains the actor,
         # and ``diagnose`` measures both on the same states.
-        self.estimators: dict[str, PolicyGradientEstimator] = {
-            "pathwise": Pathwise(),
-            "score": ScoreFunction(cfg.score_samples, cfg.score_baseline, self.state_value),
-        }
-        self.estimator = self.estimators[cfg.actor_estimator]
+        pathwise = Pathwise()
+        score = ScoreFunction(cfg.score_samples, cfg.score_baseline, self.state_value)
+        self.estimators: dict[str, PolicyGradientEstimator] = {"pathwise": pathwise, "score": score}
+        self.mixed: Mixed | None = None
+        if cfg.actor_estimator == "mixed":
+            self.mixed = Mixed(pathwise, score, dict(self.actor.named_parameters()))
+        self.estimator = self.mixed or self.estimators[cfg.actor_estimator]
         # The update's loss computations, through torch.compile if learner.compile.
         self.compiled = {
             "critic_loss": learner.compile(self.critic_loss),
@@ -240,8 +266,8 @@ class Agent:
         # (and the pathwise estimator's draw, as in SB3).
         policy = self.policy(batch.obs)
         eps = torch.randn(policy.mean.shape, dtype=policy.mean.dtype, device=policy.mean.device)
-        with torch.no_grad():
-            _, log_prob_pi = policy.rsample(eps)
+        sample = policy.rsample(eps)  # (a(θ), log π(a(θ)|s)), its graph kept for pathwise
+        log_prob_pi = sample[1].detach()
 
         metrics: dict[str, torch.Tensor] = {"charts/alpha": alpha}
         if self.autotune:
@@ -251,11 +277,13 @@ class Agent:
 
         critic_loss, q_mean = self.compiled["critic_loss"](batch, alpha)
         self.learner.step("critic", critic_loss)
+        if self.mixed is not None and self.updates % cfg.mix_interval == 0:
+            self.refresh_mixing_weights(alpha)
 
         # The actor: the configured estimator of ∇θ E_s E_a[α log π(a|s) − min Q(s, a)].
         noise = self.estimator.draw(policy, reuse=eps)
         objective = self.actor_objective(batch.obs, alpha)
-        actor_loss, objective_value = self.compiled["actor_loss"](policy, noise, objective)
+        actor_loss, objective_value = self.compiled["actor_loss"](policy, noise, objective, sample)
         self.learner.step("actor", actor_loss)
         if self.score_value is not None:
             metrics["losses/score_value"] = self.fit_score_value(batch.obs, policy, alpha)
@@ -295,8 +323,8 @@ class Agent:
         """min_i Q_i(s, a) with the critics' weights held fixed (no weight gradients).
 
         ``actions`` (B, d) or (K, B, d) for K actions per state: those go through the critics
-        as K·B rows, on CPU in calls of about 512 rows, where the (n, rows, hidden) activations
-        stay in cache (about twice as fast as one call; elsewhere one call)."""
+        as K·B rows, on CPU in calls of about 512 rows, so that the (n, rows, hidden)
+        activations stay in cache (elsewhere in one call; experiments/README.md)."""
         params = self.critic.ensemble.detached_params()
         if actions.dim() == obs.dim():
             return self.critic(obs, actions, params).min(0).values
@@ -365,7 +393,8 @@ class Agent:
         """
         alpha = self.log_alpha.detach().exp()
         obs = self.buffer.sample(cfg.batch or self.measurement_batch).obs
-        moments = self.gradient_moments(obs, alpha)
+        measurement = self.measure(obs, alpha)
+        moments = measurement.moments
         reference = None
         every, since = cfg.reference_interval, max(cfg.interval or 1, 1)
         if every and (self.updates - since) // every != self.updates // every:
@@ -384,28 +413,78 @@ class Agent:
         metrics["grad/variance_ratio_score_over_pathwise"] = (
             metrics["grad/score/variance"] / metrics["grad/pathwise/variance"]
         )
+        for name, share in measurement.tail_share.items():
+            metrics[f"grad/{name}/tail_share"] = share
+        estimators = {**self.estimators, **({"mixed": self.mixed} if self.mixed else {})}
+        for name, estimator in estimators.items():
+            metrics[f"grad/{name}/critic_evaluations"] = torch.tensor(
+                float(estimator.critic_evaluations_per_state)
+            )
+        if self.mixed is not None:
+            for name, w in self.mixed.weights.items():
+                if name.endswith(".weight"):
+                    metrics[f"grad/mixed/weight_pathwise/{_layer_of(name)}"] = torch.tensor(w)
         return metrics
 
     def gradient_moments(
         self, obs: torch.Tensor, alpha: torch.Tensor
     ) -> dict[str, diagnostics.GradientMoments]:
-        """Per-sample gradient moments of every estimator on ``obs`` from their row losses:
-        one actor forward (the reference modules), one backward per estimator, per-sample norms
-        from :class:`rlgrad.diagnostics.LinearTape`. The draws are those of
-        :meth:`per_state_gradients`: ε (B, d) for pathwise, then (K, B, d) for score."""
+        """Per-sample gradient moments of both estimators on ``obs`` (see :meth:`measure`)."""
+        return self.measure(obs, alpha).moments
+
+    def measure(self, obs: torch.Tensor, alpha: torch.Tensor) -> ActorMeasurement:
+        """Both estimators on ``obs`` from their row losses: one actor forward (the reference
+        modules), one backward per estimator, per-sample norms from
+        :class:`rlgrad.diagnostics.LinearTape`; the cross sums of the paired per-state estimates
+        (for mixing weights); and each estimator's tail share over its draws (for the score
+        function, per draw: one batched backward of its K draws' losses). The draws are those
+        of :meth:`per_state_gradients`: ε (B, d) for pathwise, then (K, B, d) for score."""
         objective = self.actor_objective(obs, alpha)
-        moments = {}
+        out = ActorMeasurement()
         with torch.enable_grad():
             with diagnostics.LinearTape(self.actor) as tape:
                 policy = SquashedGaussianPolicy.of(self.actor(obs))
-            names = list(self.estimators)
-            for name in names:
-                estimator = self.estimators[name]
+            for name, estimator in self.estimators.items():
                 noise = estimator.draw(policy)
                 prepared = estimator.prepare(policy, noise, objective)
-                rows = estimator.row_losses(policy, noise, prepared, alpha)
-                moments[name] = tape.moments(rows, retain_graph=name != names[-1])
-        return moments
+                draws = estimator.draw_losses(policy, noise, prepared, alpha)
+                several = noise.dim() > policy.mean.dim()
+                deltas = tape.deltas(draws.mean(0) if several else draws, retain_graph=True)
+                out.deltas[name] = deltas
+                out.moments[name] = tape.moments_from(deltas)
+                draw_sq = (
+                    tape.row_norms_sq(tape.deltas(draws, retain_graph=True))
+                    if several
+                    else out.moments[name].row_sq
+                )
+                assert draw_sq is not None
+                unlikely = estimator.unlikeliness(noise, prepared)
+                out.tail_share[name] = diagnostics.tail_share(draw_sq, unlikely)
+            out.cross = tape.cross_sums(out.deltas["pathwise"], out.deltas["score"])
+            if self.mixed is not None:
+                weights = {name: self.mixed.weights[name] for name in out.cross}
+                mixed = {
+                    layer: w * out.deltas["pathwise"][layer]
+                    + (1.0 - w) * out.deltas["score"][layer]
+                    for layer in out.deltas["pathwise"]
+                    for w in [weights[f"{layer}.weight"]]
+                }
+                out.moments["mixed"] = tape.moments_from(mixed)
+        return out
+
+    def refresh_mixing_weights(self, alpha: torch.Tensor) -> None:
+        """Per actor layer, the inverse-variance weight of the pathwise estimate, from a
+        measurement on ``measurement_batch`` states sampled for it (independent of the training
+        batches the weights will multiply, so the mixed estimate stays unbiased)."""
+        assert self.mixed is not None
+        obs = self.buffer.sample(self.measurement_batch).obs
+        m = self.measure(obs, alpha)
+        per_layer = diagnostics.mixing_weights_from(
+            m.moments["pathwise"], m.moments["score"], m.cross, group=_layer_of
+        )
+        self.mixed.weights = {
+            name: float(per_layer[_layer_of(name)]) for name in self.mixed.weights
+        }
 
     def reference_gradient(self, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """∇θ J by the pathwise estimator on ``obs``, flat in ``named_parameters`` order (one
@@ -453,6 +532,7 @@ class Agent:
             "vector_steps": self.vector_steps,
             "updates": self.updates,
             "score_value": self.score_value.state_dict() if self.score_value is not None else None,
+            "mix_weights": dict(self.mixed.weights) if self.mixed is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -465,3 +545,5 @@ class Agent:
         self.vector_steps, self.updates = int(state["vector_steps"]), int(state["updates"])
         if self.score_value is not None:
             self.score_value.load_state_dict(state["score_value"])
+        if self.mixed is not None:
+            self.mixed.weights = {k: float(v) for k, v in state["mix_weights"].items()}

@@ -124,17 +124,26 @@ def pathwise_loop(agent, obs: torch.Tensor, alpha: torch.Tensor, seed: int) -> l
     return loop_rows(agent, loss, obs.shape[0])
 
 
+def score_prepared(agent, obs: torch.Tensor, alpha: torch.Tensor) -> dict:
+    """The score estimator's draws and weights h − b + α (its K·B critic rows)."""
+    from rlgrad.estimators import SquashedGaussianPolicy
+
+    estimator = agent.estimators["score"]
+    policy = SquashedGaussianPolicy.of(agent.actor(obs))
+    noise = estimator.draw(policy)
+    return estimator.prepare(policy, noise, agent.actor_objective(obs, alpha))
+
+
 def score_loop(agent, obs: torch.Tensor, alpha: torch.Tensor, seed: int) -> list[tuple]:
     """The rows of ``score_per_sample`` (same draws): batched advantages, then one state each."""
     torch.manual_seed(seed)
     with torch.no_grad():
-        policy = agent.actor(obs)
-        u = policy.rsample_pre_tanh((agent.cfg.score_samples,))
-        advantage = agent._score_advantage(obs, policy, u, alpha)
+        prepared = score_prepared(agent, obs, alpha)
+    u, weights = prepared["u"], prepared["weights"]  # (K, B, d), h − b + α: (K, B)
 
     def loss(i: int) -> torch.Tensor:
         log_prob = agent.actor(obs[i : i + 1]).log_prob_pre_tanh(u[:, i : i + 1])
-        return ((advantage[:, i : i + 1] + alpha) * log_prob).mean()
+        return (weights[:, i : i + 1] * log_prob).mean()
 
     return loop_rows(agent, loss, obs.shape[0])
 
@@ -343,11 +352,9 @@ def bench_stages(repeats: int) -> dict:
     moments = agent.gradient_moments(obs, alpha)
     reference = agent.reference_gradient(ref_obs, alpha)
 
-    def score_advantages() -> torch.Tensor:  # the K·B critic rows the score estimator needs
+    def score_advantages() -> dict:  # the K·B critic rows the score estimator needs
         with torch.no_grad():
-            policy = agent.actor(obs)
-            u = policy.rsample_pre_tanh((agent.cfg.score_samples,))
-            return agent._score_advantage(obs, policy, u, alpha)
+            return score_prepared(agent, obs, alpha)
 
     def stats() -> None:  # what diagnose does once it has the moments
         for m in moments.values():
@@ -389,7 +396,7 @@ def bench_stages(repeats: int) -> dict:
         "moments",
         "reference_gradient",
         "batch_gradient",
-        "_score_advantage",
+        "prepare",
         "moment_statistics",
         "frozen_q",
         "cosine",

@@ -33,6 +33,7 @@ For on-policy rollouts the independent unit is the episode, not the time step
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,6 +95,8 @@ class GradientMoments:
     n: int
     sums: dict[str, Tensor]
     sq_sums: dict[str, Tensor]
+    row_sq: Tensor | None = None
+    """‖g_i‖² of each row over all parameters (n,), when the path that made these knows it."""
 
     @classmethod
     def from_per_sample(cls, grads: dict[str, Tensor]) -> GradientMoments:
@@ -101,12 +104,14 @@ class GradientMoments:
         (no float64 copy of the (n, P) matrix)."""
         n = next(iter(grads.values())).shape[0]
         sums, sq_sums = {}, {}
+        row_sq: Tensor | None = None
         for name, g in grads.items():
             g = g.detach()
             sums[name] = g.sum(0)
-            norms = torch.linalg.vector_norm(g.reshape(n, -1), dim=1).double()
-            sq_sums[name] = norms.pow(2).sum()
-        return cls(n, sums, sq_sums)
+            rows = torch.linalg.vector_norm(g.reshape(n, -1), dim=1).double().pow(2)
+            sq_sums[name] = rows.sum()
+            row_sq = rows if row_sq is None else row_sq + rows
+        return cls(n, sums, sq_sums, row_sq)
 
     def scaled(self, c: float) -> GradientMoments:
         """The moments of the estimates c·g_i."""
@@ -114,6 +119,7 @@ class GradientMoments:
             self.n,
             {k: v * c for k, v in self.sums.items()},
             {k: v * (c * c) for k, v in self.sq_sums.items()},
+            None if self.row_sq is None else self.row_sq * (c * c),
         )
 
     def mean(self) -> Tensor:
@@ -195,6 +201,50 @@ def per_layer_statistics(grads: dict[str, Tensor]) -> dict[str, Tensor]:
     return layer_statistics(GradientMoments.from_per_sample(grads))
 
 
+def tail_share(row_sq: Tensor, unlikeliness: Tensor, fraction: float = 0.05) -> Tensor:
+    """Σ_{i∈T} ‖g_i‖² / Σ_i ‖g_i‖², T the ⌈fraction·n⌉ draws with the largest ``unlikeliness``
+    (‖ε‖ for pathwise, −log π for the score function): how much of the estimate's second moment
+    rare draws carry (``fraction`` means their share; near 1, a few rare draws carry it)."""
+    row_sq, order = row_sq.reshape(-1).double(), unlikeliness.reshape(-1)
+    k = max(1, math.ceil(fraction * row_sq.numel()))
+    tail = torch.topk(order, k).indices
+    return row_sq[tail].sum() / row_sq.sum().clamp_min(1e-300)
+
+
+def mixing_weights_from(
+    a: GradientMoments,
+    b: GradientMoments,
+    cross: dict[str, Tensor],
+    group: Callable[[str], str] = lambda name: name,
+) -> dict[str, Tensor]:
+    """Per group of parameters (default: each parameter tensor), the weight w of ``a`` that
+    minimises the variance of w g_a + (1 − w) g_b over the group:
+    w* = (σ_b² − σ_ab)/(σ_a² + σ_b² − 2σ_ab) clipped to [0, 1], with σ² and σ_ab the traces of
+    the per-sample covariances from paired moments (row i of both from the same state) and their
+    cross sums Σ_i ⟨g_a,i, g_b,i⟩ (docs/estimators.md §6)."""
+    n = a.n
+    totals: dict[str, list[Tensor]] = {}
+    for name in a.sums:
+        mean_a, mean_b = a.sums[name].double() / n, b.sums[name].double() / n
+        parts = (
+            (a.sq_sums[name] - n * mean_a.pow(2).sum()) / (n - 1),
+            (b.sq_sums[name] - n * mean_b.pow(2).sum()) / (n - 1),
+            (cross[name] - n * (mean_a * mean_b).sum()) / (n - 1),
+        )
+        key = group(name)
+        totals[key] = (
+            [x + y for x, y in zip(totals[key], parts, strict=True)]
+            if key in totals
+            else list(parts)
+        )
+    out = {}
+    for key, (var_a, var_b, cov) in totals.items():
+        denom = var_a + var_b - 2 * cov
+        w = torch.where(denom > 0, (var_b - cov) / denom.clamp_min(1e-300), 0.5)
+        out[key] = w.clamp(0.0, 1.0)
+    return out
+
+
 def cosine(a: Tensor, b: Tensor) -> Tensor:
     a, b = a.double().flatten(), b.double().flatten()
     return (a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)
@@ -272,36 +322,101 @@ class LinearTape:
 
         return record
 
-    def moments(self, row_losses: Tensor, retain_graph: bool = False) -> GradientMoments:
-        """Moments of g_i = ∇θ ``row_losses[i]``, in ``named_parameters`` order."""
+    def deltas(self, row_losses: Tensor, retain_graph: bool = False) -> dict[str, Tensor]:
+        """δ_i = ∂ℓ_i/∂z_i at every layer's output z (B, out), from one backward of Σ_i ℓ_i.
+
+        ``row_losses`` (B,); or (K, B) for K losses per row, giving δ of shape (K, B, out) from
+        one batched backward (``is_grads_batched``): e.g. one score-function draw at a time."""
         missing = [n for n in self.layers if n not in self._records]
         if missing:
             raise RuntimeError(f"LinearTape: layers {missing} did not run in the forward")
         names = list(self.layers)
         outputs = [self._records[n][1] for n in names]
-        deltas = torch.autograd.grad(
-            row_losses.sum(), outputs, retain_graph=retain_graph, allow_unused=True
-        )
+        if row_losses.dim() == 1:
+            grads = torch.autograd.grad(
+                row_losses.sum(), outputs, retain_graph=retain_graph, allow_unused=True
+            )
+        else:
+            k = row_losses.shape[0]
+            cotangents = torch.eye(k, dtype=row_losses.dtype, device=row_losses.device)
+            grads = torch.autograd.grad(
+                row_losses.sum(1),
+                outputs,
+                grad_outputs=cotangents,
+                retain_graph=retain_graph,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        shape = row_losses.shape
+        return {
+            name: torch.zeros(*shape, out.shape[-1], dtype=out.dtype, device=out.device)
+            if delta is None
+            else delta
+            for name, out, delta in zip(names, outputs, grads, strict=True)
+        }
+
+    def _input_norms_sq(self, name: str) -> Tensor:
+        """‖h_i‖² of the layer's input rows (B,), float64, computed once per forward."""
+        if name not in self._input_sq:
+            h = self._records[name][0]
+            self._input_sq[name] = torch.linalg.vector_norm(h, dim=1).double().pow(2)
+        return self._input_sq[name]
+
+    def moments(self, row_losses: Tensor, retain_graph: bool = False) -> GradientMoments:
+        """Moments of g_i = ∇θ ``row_losses[i]``, in ``named_parameters`` order."""
+        return self.moments_from(self.deltas(row_losses, retain_graph))
+
+    def moments_from(self, deltas: dict[str, Tensor]) -> GradientMoments:
+        """Moments of the per-row gradients that the layer-output gradients ``deltas`` (B, out)
+        give: ∂W_i = δ_i h_iᵀ, ∂b_i = δ_i (any linear combination of :meth:`deltas` results of
+        the same forward is again valid, e.g. a per-layer mix of two estimators)."""
         sums: dict[str, Tensor] = {}
         sq_sums: dict[str, Tensor] = {}
-        for name, out, delta in zip(names, outputs, deltas, strict=True):
+        row_sq: Tensor | None = None
+        for name, delta in deltas.items():
             h = self._records[name][0]
-            delta = torch.zeros_like(out) if delta is None else delta
             # Row norms in float32 (one row: a few hundred terms), their products in float64.
             delta_sq = torch.linalg.vector_norm(delta, dim=1).double().pow(2)  # (B,) ‖δ_i‖²
-            if name not in self._input_sq:
-                self._input_sq[name] = torch.linalg.vector_norm(h, dim=1).double().pow(2)
-            h_sq = self._input_sq[name]  # (B,) ‖h_i‖²
-            layer = self.layers[name]
+            weight_sq = delta_sq * self._input_norms_sq(name)
             prefix = f"{name}." if name else ""
             sums[f"{prefix}weight"] = delta.T @ h
-            sq_sums[f"{prefix}weight"] = (delta_sq * h_sq).sum()
-            if layer.bias is not None:
+            sq_sums[f"{prefix}weight"] = weight_sq.sum()
+            rows = weight_sq
+            if self.layers[name].bias is not None:
                 sums[f"{prefix}bias"] = delta.sum(0)
                 sq_sums[f"{prefix}bias"] = delta_sq.sum()
+                rows = rows + delta_sq
+            row_sq = rows if row_sq is None else row_sq + rows
         order = [n for n, _ in self.module.named_parameters()]
-        n = row_losses.shape[0]
-        return GradientMoments(n, {k: sums[k] for k in order}, {k: sq_sums[k] for k in order})
+        n = next(iter(deltas.values())).shape[0]
+        return GradientMoments(
+            n, {k: sums[k] for k in order}, {k: sq_sums[k] for k in order}, row_sq
+        )
+
+    def row_norms_sq(self, deltas: dict[str, Tensor]) -> Tensor:
+        """‖g‖² of every row's gradient over all parameters, for deltas (..., B, out)."""
+        total: Tensor | None = None
+        for name, delta in deltas.items():
+            delta_sq = torch.linalg.vector_norm(delta, dim=-1).double().pow(2)
+            rows = delta_sq * self._input_norms_sq(name)
+            if self.layers[name].bias is not None:
+                rows = rows + delta_sq
+            total = rows if total is None else total + rows
+        assert total is not None
+        return total
+
+    def cross_sums(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Σ_i ⟨g_a,i, g_b,i⟩ per parameter for two sets of deltas of the same forward (paired
+        rows): (δ_a,i · δ_b,i) ‖h_i‖² for a weight, δ_a,i · δ_b,i for a bias (float64)."""
+        out: dict[str, Tensor] = {}
+        for name in a:
+            dot = (a[name].double() * b[name].double()).sum(-1)  # (B,)
+            prefix = f"{name}." if name else ""
+            out[f"{prefix}weight"] = (dot * self._input_norms_sq(name)).sum()
+            if self.layers[name].bias is not None:
+                out[f"{prefix}bias"] = dot.sum()
+        order = [n for n, _ in self.module.named_parameters()]
+        return {k: out[k] for k in order}
 
 
 # ----------------------------------------------------------------------------- on-policy units

@@ -108,7 +108,7 @@ def _fit_value(agent: Agent, alpha: torch.Tensor, steps: int = 300) -> None:
         agent.fit_score_value(obs, agent.policy(obs), alpha)
 
 
-@pytest.mark.parametrize("baseline", ["loo", "none", "value"])
+@pytest.mark.parametrize("baseline", ["loo", "none", "value", "optimal"])
 def test_score_and_pathwise_are_unbiased_for_the_same_gradient(baseline):
     """Means of many estimates at fixed critic and policy: cosine → 1, error ∝ 1/√n."""
     agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.2)
@@ -156,7 +156,7 @@ def test_value_baseline_lowers_score_variance():
     assert value < none / 10
 
 
-@pytest.mark.parametrize("baseline", ["loo", "none", "value"])
+@pytest.mark.parametrize("baseline", ["loo", "none", "value", "optimal"])
 def test_fast_moments_equal_per_sample_definition(baseline):
     """gradient_moments (LinearTape, no per-sample rows) against the vmap rows, same draws."""
     agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.3)
@@ -246,14 +246,15 @@ def test_batch_statistics_describe_the_training_batch_whatever_the_measurement_b
     monkeypatch: pytest.MonkeyPatch,
 ):
     agent = _agent()
-    measured: list[diagnostics.GradientMoments] = []
-    moments = agent.gradient_moments
+    measured: list[dict[str, diagnostics.GradientMoments]] = []
+    measure = agent.measure
 
-    def recording_moments(obs: torch.Tensor, alpha: torch.Tensor):
-        measured.append(moments(obs, alpha))
-        return measured[-1]
+    def recording_measure(obs: torch.Tensor, alpha: torch.Tensor):
+        result = measure(obs, alpha)
+        measured.append(result.moments)
+        return result
 
-    monkeypatch.setattr(agent, "gradient_moments", recording_moments)
+    monkeypatch.setattr(agent, "measure", recording_measure)
     batch = agent.cfg.batch_size
     for n in (None, 48):
         cfg = DiagnosticsConfig(interval=1, batch=n, reference_interval=0, per_layer=True)

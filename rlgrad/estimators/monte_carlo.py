@@ -47,8 +47,7 @@ Vectorisation (no Python loop over samples):
   autograd on a 2-sample probe, so that an f through which no gradient flows is refused
   instead of yielding silent zeros.
 
-The first call in a process pays a one-off ~3 s for torch.func's lazy imports; later calls for
-1e6 scalar samples take tens of milliseconds on one CPU core.
+The first call in a process pays a one-off cost for torch.func's lazy imports.
 """
 
 from __future__ import annotations
@@ -78,12 +77,16 @@ __all__ = [
     "flatten_per_sample",
     "per_sample_estimates",
     "per_sample_gradients",
+    "mixing_weights",
+    "optimal_baseline",
+    "optimal_baselines_gaussian_quadratic",
     "summarize",
+    "tail_share",
 ]
 
-Estimator = Literal["score", "pathwise"]
-Baseline = float | Literal["mean"] | None
-ESTIMATORS: tuple[str, ...] = ("score", "pathwise")
+Estimator = Literal["score", "pathwise", "mixed"]
+Baseline = float | Literal["mean", "optimal"] | None
+ESTIMATORS: tuple[str, ...] = ("score", "pathwise", "mixed")
 
 DistFn = Callable[..., Any]
 ValueFn = Callable[[Tensor], Tensor]
@@ -101,6 +104,10 @@ class PerSampleEstimates:
     grads: tuple[Tensor, ...]
     x: Tensor
     values: Tensor
+    log_prob: Tensor | None = None
+    """log qθ of each sample (n,), for :func:`tail_share`."""
+    mix_weights: tuple[float, ...] | None = None
+    """``"mixed"``: the pathwise weight w of each parameter, from the independent pilot."""
 
 
 # ----------------------------------------------------------------------------- public API
@@ -142,10 +149,15 @@ def per_sample_estimates(
         params: the parameters θ (floating-point tensors; their ``requires_grad`` is ignored).
         n: the number of samples.
         estimator: ``"score"``: (f(x_i) − b_i) ∇θ log qθ(x_i); ``"pathwise"``:
-            ∇θ f(g(θ, ε_i)).
-        baseline: score function only. ``None`` (b = 0), a float constant b, or ``"mean"``: the
-            leave-one-out mean b_i = (Σ_j f_j − f_i)/(n − 1), which keeps the estimate unbiased
-            (the rows are then weakly dependent, with O(1/n) correlations).
+            ∇θ f(g(θ, ε_i)); ``"mixed"``: w_k ĝ_PW + (1 − w_k) ĝ_SF per parameter k on the same
+            draws, w_k from an independent pilot of n draws (:func:`mixing_weights`), so the
+            combination stays unbiased.
+        baseline: score function (and the score half of ``"mixed"``) only. ``None`` (b = 0),
+            a float constant b, ``"mean"``: the leave-one-out mean b_i = (Σ_j f_j − f_i)/(n − 1),
+            which keeps the estimate unbiased (the rows are then weakly dependent, with O(1/n)
+            correlations), or ``"optimal"``: the variance-minimising constant per parameter
+            element, b*_j = E[f s_j²]/E[s_j²] (s = ∇θ log q), estimated leave-one-out:
+            b_ij = (Σ_k f_k s_kj² − f_i s_ij²)/(Σ_k s_kj² − s_ij²).
         generator: a ``torch.Generator`` for reproducible draws. Passed to ``sample``/``rsample``
             when they accept one (rlgrad's distributions); otherwise (``torch.distributions``)
             one seed is drawn from it and the global RNG is forked and seeded with it, so the
@@ -160,6 +172,8 @@ def per_sample_estimates(
     theta = _as_params(params)
     if estimator == "score":
         return _score(f, dist_fn, theta, n, baseline, generator)
+    if estimator == "mixed":
+        return _mixed(f, dist_fn, theta, n, baseline, generator)
     if baseline is not None:
         raise ValueError(
             "baseline applies only to estimator='score'; the pathwise estimator needs none "
@@ -188,18 +202,63 @@ def _score(
     x = torch.tanh(z) if pre_tanh else z
     with torch.no_grad():
         values = _check_values(f(x), n)
+    scores, log_prob = _scores_at(dist_fn, theta, z, pre_tanh)
+    grads = _score_estimates(values, scores, baseline)
+    return PerSampleEstimates(grads=grads, x=x, values=values, log_prob=log_prob)
+
+
+def _scores_at(
+    dist_fn: DistFn, theta: tuple[Tensor, ...], z: Tensor, pre_tanh: bool
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """(∇θ Σ log qθ(z_i) per sample, log qθ(z_i)) at fixed draws z (pre-tanh u where the
+    distribution has that handle)."""
+
+    log_q = _log_q(dist_fn, pre_tanh)
+    scores = vmap(grad(log_q), in_dims=(None, 0))(theta, z)
+    return scores, _log_q_per_sample(dist_fn, theta, z, pre_tanh)
+
+
+def _log_q(dist_fn: DistFn, pre_tanh: bool) -> Callable[[tuple[Tensor, ...], Tensor], Tensor]:
+    """(θ, z_i) ↦ Σ log qθ(z_i): one sample's log-density, summed over all its dimensions."""
 
     def log_q(params: tuple[Tensor, ...], z_i: Tensor) -> Tensor:
         q = dist_fn(*params)
         log_prob = q.log_prob_pre_tanh(z_i) if pre_tanh else q.log_prob(z_i)
         return log_prob.sum()
 
-    scores = vmap(grad(log_q), in_dims=(None, 0))(theta, z)
+    return log_q
+
+
+def _log_q_per_sample(
+    dist_fn: DistFn, theta: tuple[Tensor, ...], z: Tensor, pre_tanh: bool
+) -> Tensor:
+    """log qθ(z_i) for every sample, (n,), without gradients."""
+    with torch.no_grad():
+        return vmap(_log_q(dist_fn, pre_tanh), in_dims=(None, 0))(theta, z)
+
+
+def _score_estimates(
+    values: Tensor, scores: tuple[Tensor, ...], baseline: Baseline
+) -> tuple[Tensor, ...]:
+    """(f_i − b_i) s_i per parameter; with ``"optimal"`` b is per element (leave-one-out)."""
+    if baseline == "optimal":
+        return tuple((_expand(values, s) - optimal_baseline(values, s)) * s for s in scores)
     weights = values - _baseline_values(values, baseline)
-    grads = tuple(
-        weights.reshape(-1, *([1] * p.dim())) * s for p, s in zip(theta, scores, strict=True)
-    )
-    return PerSampleEstimates(grads=grads, x=x, values=values)
+    return tuple(_expand(weights, s) * s for s in scores)
+
+
+def _expand(values: Tensor, like: Tensor) -> Tensor:
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def optimal_baseline(values: Tensor, scores: Tensor) -> Tensor:
+    """b_ij = (Σ_k f_k s_kj² − f_i s_ij²)/(Σ_k s_kj² − s_ij²): the variance-minimising constant
+    baseline b*_j = E[f s_j²]/E[s_j²] of each element j, estimated from the other samples
+    (leave-one-out), so that b_ij does not depend on sample i. (n, *shape) like ``scores``."""
+    f = _expand(values.double(), scores)
+    sq = scores.double().pow(2)
+    num, den = (f * sq).sum(0, keepdim=True) - f * sq, sq.sum(0, keepdim=True) - sq
+    return torch.where(den > 0, num / den.clamp_min(1e-300), 0.0).to(scores.dtype)
 
 
 def _baseline_values(values: Tensor, baseline: Baseline) -> Tensor:
@@ -210,6 +269,87 @@ def _baseline_values(values: Tensor, baseline: Baseline) -> Tensor:
         # The score-function estimator's leave-one-out baseline, over the n draws.
         return leave_one_out_mean(values.double()).to(values.dtype)
     return torch.full_like(values, float(baseline))
+
+
+# ----------------------------------------------------------------------------- mixed
+
+
+def mixing_weights(pathwise: Sequence[Tensor], score: Sequence[Tensor]) -> tuple[float, ...]:
+    """The pathwise weight w_k per parameter k minimising the variance of w ĝ_PW + (1 − w) ĝ_SF:
+
+        w* = (σ_SF² − σ_PS) / (σ_PW² + σ_SF² − 2 σ_PS),  clipped to [0, 1],
+
+    with σ² the traces of the two estimators' per-sample covariances over the parameter's
+    elements and σ_PS the trace of their cross-covariance, from paired estimates (row i of both
+    from the same draw). Estimated on samples independent of those it weights, the combination
+    stays unbiased (docs/estimators.md §6)."""
+    weights = []
+    for a, b in zip(pathwise, score, strict=True):
+        a = a.reshape(a.shape[0], -1).double()
+        b = b.reshape(b.shape[0], -1).double()
+        a, b = a - a.mean(0), b - b.mean(0)
+        n = a.shape[0]
+        var_a, var_b = a.pow(2).sum() / (n - 1), b.pow(2).sum() / (n - 1)
+        cov = (a * b).sum() / (n - 1)
+        denom = var_a + var_b - 2 * cov
+        w = (var_b - cov) / denom if denom > 0 else torch.tensor(0.5)
+        weights.append(float(w.clamp(0.0, 1.0)))
+    return tuple(weights)
+
+
+def _paired(
+    f: ValueFn,
+    dist_fn: DistFn,
+    theta: tuple[Tensor, ...],
+    n: int,
+    baseline: Baseline,
+    generator: torch.Generator | None,
+) -> tuple[PerSampleEstimates, tuple[Tensor, ...]]:
+    """Pathwise estimates and score-function estimates on the same n draws."""
+    pathwise, handle = _pathwise_with_handle(f, dist_fn, theta, n, generator)
+    scores, _ = _scores_at(dist_fn, theta, handle, _has_pre_tanh(dist_fn(*theta)))
+    return pathwise, _score_estimates(pathwise.values, scores, baseline)
+
+
+def _mixed(
+    f: ValueFn,
+    dist_fn: DistFn,
+    theta: tuple[Tensor, ...],
+    n: int,
+    baseline: Baseline,
+    generator: torch.Generator | None,
+) -> PerSampleEstimates:
+    """w ĝ_PW + (1 − w) ĝ_SF per parameter on n draws, w from an independent pilot of n."""
+    pilot_pw, pilot_sf = _paired(f, dist_fn, theta, n, baseline, generator)
+    weights = mixing_weights(pilot_pw.grads, pilot_sf)
+    main_pw, main_sf = _paired(f, dist_fn, theta, n, baseline, generator)
+    grads = tuple(
+        w * g_pw + (1.0 - w) * g_sf
+        for w, g_pw, g_sf in zip(weights, main_pw.grads, main_sf, strict=True)
+    )
+    return PerSampleEstimates(
+        grads=grads,
+        x=main_pw.x,
+        values=main_pw.values,
+        log_prob=main_pw.log_prob,
+        mix_weights=weights,
+    )
+
+
+# ----------------------------------------------------------------------------- tail probe
+
+
+def tail_share(
+    grads: Tensor | Sequence[Tensor], log_prob: Tensor, fraction: float = 0.05
+) -> Tensor:
+    """Σ_{i∈T} ‖g_i‖² / Σ_i ‖g_i‖², T the ⌈fraction·n⌉ samples least likely under q (lowest
+    log q; for a Gaussian, the largest ‖ε‖). ``fraction`` means the tails carry their share;
+    near 1, a few rare draws carry the estimate (docs/estimators.md §6)."""
+    flat, _ = flatten_per_sample(grads)
+    sq = flat.double().pow(2).sum(1)
+    k = max(1, math.ceil(fraction * sq.shape[0]))
+    tail = torch.topk(-log_prob.double().reshape(-1), k).indices
+    return sq[tail].sum() / sq.sum().clamp_min(1e-300)
 
 
 # ----------------------------------------------------------------------------- pathwise
@@ -223,6 +363,18 @@ def _pathwise(
     generator: torch.Generator | None,
 ) -> PerSampleEstimates:
     """ĝ_i = ∂f(x_i)/∂θ with x = qθ.rsample((n,)): the per-sample Jacobian by forward mode."""
+    return _pathwise_with_handle(f, dist_fn, theta, n, generator)[0]
+
+
+def _pathwise_with_handle(
+    f: ValueFn,
+    dist_fn: DistFn,
+    theta: tuple[Tensor, ...],
+    n: int,
+    generator: torch.Generator | None,
+) -> tuple[PerSampleEstimates, Tensor]:
+    """The pathwise estimates and the draws' handle: the pre-tanh u where the distribution has
+    one (x = tanh u), x itself otherwise."""
     dist = dist_fn(*theta)
     if not getattr(dist, "has_rsample", False):
         raise ValueError(
@@ -230,15 +382,23 @@ def _pathwise(
             f"{type(dist).__name__} has no rsample (has_rsample is False); use estimator='score'"
         )
     _check_differentiable(f, dist_fn, theta)
+    pre_tanh = _has_pre_tanh(dist)
     argnums = tuple(range(len(theta)))
-    with _rng(dist.rsample, generator, theta[0].device) as rng_kwargs:
+    draw = dist.rsample_pre_tanh if pre_tanh else dist.rsample
+    with _rng(draw, generator, theta[0].device) as rng_kwargs:
 
-        def values_of(*params: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            x = dist_fn(*params).rsample((n,), **rng_kwargs)
+        def values_of(*params: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+            q = dist_fn(*params)
+            z = (
+                q.rsample_pre_tanh((n,), **rng_kwargs)
+                if pre_tanh
+                else q.rsample((n,), **rng_kwargs)
+            )
+            x = torch.tanh(z) if pre_tanh else z
             y = _check_values(f(x), n)
-            return y, (x.detach(), y.detach())
+            return y, (z.detach(), x.detach(), y.detach())
 
-        jac, (x, values) = jacfwd(values_of, argnums=argnums, has_aux=True, randomness="same")(
+        jac, (z, x, values) = jacfwd(values_of, argnums=argnums, has_aux=True, randomness="same")(
             *theta
         )
     grads = tuple(jac)
@@ -247,9 +407,10 @@ def _pathwise(
             "every pathwise estimate is exactly zero: f may be piecewise constant in x "
             "(its gradient is zero almost everywhere); the score function may be what you want",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return PerSampleEstimates(grads=grads, x=x, values=values)
+    log_prob = _log_q_per_sample(dist_fn, theta, z, pre_tanh)
+    return PerSampleEstimates(grads=grads, x=x, values=values, log_prob=log_prob), z
 
 
 def _check_differentiable(f: ValueFn, dist_fn: DistFn, theta: tuple[Tensor, ...]) -> None:
@@ -286,13 +447,17 @@ def _check_arguments(estimator: str, baseline: object, n: int) -> None:
     if baseline is None:
         return
     if isinstance(baseline, str):
-        if baseline != "mean":
-            raise ValueError(f"unknown baseline {baseline!r}; expected None, a float or 'mean'")
+        if baseline not in ("mean", "optimal"):
+            raise ValueError(
+                f"unknown baseline {baseline!r}; expected None, a float, 'mean' or 'optimal'"
+            )
         if n < 2:
-            raise ValueError("baseline='mean' (leave-one-out) needs n >= 2")
+            raise ValueError(f"baseline={baseline!r} (leave-one-out) needs n >= 2")
         return
     if isinstance(baseline, bool) or not isinstance(baseline, numbers.Real):
-        raise ValueError(f"unknown baseline {baseline!r}; expected None, a float or 'mean'")
+        raise ValueError(
+            f"unknown baseline {baseline!r}; expected None, a float, 'mean' or 'optimal'"
+        )
     if not math.isfinite(float(baseline)):
         raise ValueError(f"baseline must be finite, got {baseline!r}")
 
@@ -482,3 +647,15 @@ def closed_form_gaussian_quadratic(
         var_score_mu=(c * c + 4.0 * c * s2 + 8.0 * d * d * s2 + 10.0 * s2 * s2) / s2,
         var_score_sigma=(2.0 * c * c + 16.0 * c * s2 + 40.0 * d * d * s2 + 56.0 * s2 * s2) / s2,
     )
+
+
+def optimal_baselines_gaussian_quadratic(mu: float, sigma: float, k: float) -> tuple[float, float]:
+    """(b*_μ, b*_σ) = (d² + 3σ², d² + 5σ²), d = μ − k: the variance-minimising constant
+    baselines E[f s_j²]/E[s_j²] for x ~ N(μ, σ²), f(x) = (x − k)² (docs/estimators.md §6).
+
+    With x = μ + σε: s_μ = ε/σ, so b*_μ = E[(d + σε)² ε²] = d² + 3σ²; s_σ = (ε² − 1)/σ, with
+    E[(ε² − 1)²] = 2 and E[ε²(ε² − 1)²] = 15 − 6 + 1 = 10, so b*_σ = (2d² + 10σ²)/2 = d² + 5σ².
+    In :func:`closed_form_gaussian_quadratic` they are the c = −2σ² and c = −4σ² minima.
+    """
+    d2, s2 = (mu - k) ** 2, sigma * sigma
+    return d2 + 3.0 * s2, d2 + 5.0 * s2

@@ -48,7 +48,7 @@ from rlgrad.distributions import TanhGaussian, squashed_gaussian_sample
 
 SampleFn = Callable[[Tensor, Tensor, Tensor, float, float], tuple[Tensor, Tensor]]
 Prepared = dict[str, Tensor]
-ScoreBaseline = Literal["none", "loo", "value"]
+ScoreBaseline = Literal["none", "loo", "value", "optimal"]
 
 
 class ActionObjective(NamedTuple):
@@ -135,11 +135,6 @@ def leave_one_out_mean(h: Tensor) -> Tensor:
     return (h.sum(0, keepdim=True) - h) / (h.shape[0] - 1)
 
 
-def _mean_over_draws(x: Tensor, noise: Tensor, policy: SquashedGaussianPolicy) -> Tensor:
-    """Average over the leading K dimension when the noise has one (K draws per state)."""
-    return x.mean(0) if noise.dim() > policy.mean.dim() else x
-
-
 class PolicyGradientEstimator(ABC):
     """One estimator of ∇θ E_{a~π}[h(s, a)] (see the module docstring for the protocol)."""
 
@@ -173,14 +168,28 @@ class PolicyGradientEstimator(ABC):
     def prepare(
         self, policy: SquashedGaussianPolicy, noise: Tensor, objective: ActionObjective
     ) -> Prepared:
-        """What the surrogate needs of f at the draws, without θ-gradients."""
+        """What the surrogate needs of f at the draws, without θ-gradients. Always holds
+        ``objective`` (h at each draw) and ``log_prob`` (log π of each draw)."""
 
     @abstractmethod
+    def draw_losses(
+        self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
+    ) -> Tensor:
+        """The surrogate of each draw, (K, B) or (B,) as the noise has draws per state: the
+        θ-gradient of one is that draw's contribution to its state's estimate."""
+
     def row_losses(
         self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
     ) -> Tensor:
-        """ℓ_i per state, (B,): ∇θ ℓ_i is state i's estimate. Also works unbatched (one state,
-        inside ``vmap``), returning a scalar."""
+        """ℓ_i per state, (B,): ∇θ ℓ_i is state i's estimate (the mean of its draws'). Also
+        works unbatched (one state, inside ``vmap``), returning a scalar."""
+        draws = self.draw_losses(policy, noise, prepared, alpha)
+        return draws.mean(0) if noise.dim() > policy.mean.dim() else draws
+
+    @abstractmethod
+    def unlikeliness(self, noise: Tensor, prepared: Prepared) -> Tensor:
+        """How unlikely each draw is, shaped like ``draw_losses``: the tail probe's order
+        (largest ‖ε‖ for pathwise, lowest log π for the score function)."""
 
     @abstractmethod
     def state_dims(self, noise: Tensor, prepared: Prepared) -> tuple[int, dict[str, int]]:
@@ -203,9 +212,16 @@ class PolicyGradientEstimator(ABC):
         return inputs, row_loss
 
     def loss(
-        self, policy: SquashedGaussianPolicy, noise: Tensor, objective: ActionObjective
+        self,
+        policy: SquashedGaussianPolicy,
+        noise: Tensor,
+        objective: ActionObjective,
+        sample: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(the surrogate whose gradient is the batch estimate, J = mean h at the draws)."""
+        """(the surrogate whose gradient is the batch estimate, J = mean h at the draws).
+
+        ``sample``: ``policy.rsample(noise)`` if the caller has it already (with its graph),
+        for an estimator that would compute it again (pathwise)."""
         prepared = self.prepare(policy, noise, objective)
         rows = self.row_losses(policy, noise, prepared, torch.as_tensor(objective.alpha))
         return rows.mean(), prepared["objective"].mean()
@@ -226,23 +242,49 @@ class Pathwise(PolicyGradientEstimator):
         """g = ∂f/∂a at a = tanh(μ + σ ε) (one batched backward), and h at the draw."""
         with torch.no_grad():
             action, log_prob = policy.rsample(noise)
+        return self._prepare_at(action, log_prob, objective)
+
+    @staticmethod
+    def _prepare_at(action: Tensor, log_prob: Tensor, objective: ActionObjective) -> Prepared:
         with torch.enable_grad():
-            action = action.requires_grad_(True)
+            action = action.detach().requires_grad_(True)
             values = objective.f(action)
             (slope,) = torch.autograd.grad(values.sum(), action)
-        return {"slope": slope, "objective": objective.alpha * log_prob + values.detach()}
+        return {
+            "slope": slope,
+            "objective": objective.alpha * log_prob.detach() + values.detach(),
+            "log_prob": log_prob.detach(),
+        }
 
-    def row_losses(
+    def loss(
+        self,
+        policy: SquashedGaussianPolicy,
+        noise: Tensor,
+        objective: ActionObjective,
+        sample: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """As the base class; with ``sample`` = (a(θ), log π(a(θ))) the draw's action and
+        log-density are taken from it (one reparameterized sample, as SAC computes it)."""
+        if sample is None:
+            return super().loss(policy, noise, objective)
+        action, log_prob = sample
+        prepared = self._prepare_at(action, log_prob, objective)
+        rows = torch.as_tensor(objective.alpha) * log_prob + (prepared["slope"] * action).sum(-1)
+        return rows.mean(), prepared["objective"].mean()
+
+    def draw_losses(
         self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
     ) -> Tensor:
-        """ℓ_i = α log π(a_i(θ)|s_i) + g_i · a_i(θ)."""
+        """ℓ = α log π(a(θ)|s) + g · a(θ) per draw."""
         action, log_prob = policy.rsample(noise)
-        rows = alpha * log_prob + (prepared["slope"] * action).sum(-1)
-        return _mean_over_draws(rows, noise, policy)
+        return alpha * log_prob + (prepared["slope"] * action).sum(-1)
+
+    def unlikeliness(self, noise: Tensor, prepared: Prepared) -> Tensor:
+        return torch.linalg.vector_norm(noise, dim=-1)
 
     def state_dims(self, noise: Tensor, prepared: Prepared) -> tuple[int, dict[str, int]]:
         dim = noise.dim() - 2
-        return dim, {"slope": dim, "objective": prepared["objective"].dim() - 1}
+        return dim, {k: dim for k in prepared}
 
 
 class ScoreFunction(PolicyGradientEstimator):
@@ -250,6 +292,12 @@ class ScoreFunction(PolicyGradientEstimator):
 
     ``value``: for ``baseline="value"``, a function s ↦ V(s), (B, obs) ↦ (B,), applied to the
     objective's ``obs``, so that b(s) = −V(s) ≈ E_a[h(s, a)].
+
+    ``baseline="optimal"``: a separate constant baseline for each parameter of π(·|s), the means
+    μ_j and log-stds log σ_j, each the variance-minimising b*_m = E[h s_m²]/E[s_m²] of its own
+    component (s_m = ∂ log π/∂z_m, z = (μ, log σ)), estimated per state from its other K − 1
+    draws; the network parameters get the chain rule of these components,
+    ĝ = (1/K) Σ_k Σ_m (h_k − b_km + α) s_km ∂z_m/∂θ (docs/estimators.md §6).
     """
 
     name = "score"
@@ -262,11 +310,11 @@ class ScoreFunction(PolicyGradientEstimator):
     ):
         if samples < 1:
             raise ValueError(f"score-function samples must be positive, got {samples}")
-        if baseline == "loo" and samples < 2:
-            raise ValueError("the leave-one-out baseline needs at least 2 samples per state")
+        if baseline in ("loo", "optimal") and samples < 2:
+            raise ValueError(f"the {baseline} baseline needs at least 2 samples per state")
         if baseline == "value" and value is None:
             raise ValueError("baseline='value' needs a value function")
-        if baseline not in ("none", "loo", "value"):
+        if baseline not in ("none", "loo", "value", "optimal"):
             raise ValueError(f"unknown score-function baseline {baseline!r}")
         self.samples, self.baseline, self.value = samples, baseline, value
 
@@ -280,12 +328,23 @@ class ScoreFunction(PolicyGradientEstimator):
     def prepare(
         self, policy: SquashedGaussianPolicy, noise: Tensor, objective: ActionObjective
     ) -> Prepared:
-        """The fixed pre-tanh draws u, h at them, and the weights h − b + α of ∇ log π."""
+        """The fixed pre-tanh draws u, h at them, and the weights h − b + α of ∇ log π (per
+        component of (μ, log σ) with the optimal baseline)."""
         with torch.no_grad():
             u = policy.pre_tanh(noise)
-            h = objective.alpha * policy.log_prob_pre_tanh(u) + objective.f(torch.tanh(u))
-            weights = h - self.baseline_values(h, objective.obs) + objective.alpha
-        return {"u": u, "weights": weights, "objective": h}
+            log_prob = policy.log_prob_pre_tanh(u)
+            h = objective.alpha * log_prob + objective.f(torch.tanh(u))
+            out = {"u": u, "objective": h, "log_prob": log_prob}
+            if self.baseline == "optimal":
+                dist = policy.distribution
+                z = (u - dist.mean) / dist.std
+                scores = {"mean": z / dist.std, "log_std": z * z - 1.0}  # ∂ log π/∂(μ, log σ)
+                for key, score in scores.items():
+                    b = optimal_baseline_over_draws(h, score)
+                    out[f"weighted_score_{key}"] = (h.unsqueeze(-1) - b + objective.alpha) * score
+            else:
+                out["weights"] = h - self.baseline_values(h, objective.obs) + objective.alpha
+        return out
 
     def baseline_values(self, h: Tensor, obs: Tensor | None = None) -> Tensor:
         """b for every draw (K, B): 0, the leave-one-out mean over the state's other draws, or
@@ -298,16 +357,125 @@ class ScoreFunction(PolicyGradientEstimator):
             return -self.value(obs)
         return torch.zeros_like(h)
 
-    def row_losses(
+    def draw_losses(
         self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
     ) -> Tensor:
-        """ℓ_i = (1/K) Σ_k w_ik log πθ(a_ik|s_i), w = h − b + α held fixed."""
-        log_prob = policy.log_prob_pre_tanh(prepared["u"])
-        return (prepared["weights"] * log_prob).mean(0)
+        """ℓ_k = w_k log πθ(a_k|s), w = h − b + α held fixed; with the optimal baseline
+        ℓ_k = Σ_j [w s]_kj^μ μ_j(θ) + [w s]_kj^σ log σ_j(θ) (the same gradient, per component)."""
+        if self.baseline == "optimal":
+            dist = policy.distribution
+            return (
+                prepared["weighted_score_mean"] * dist.mean
+                + prepared["weighted_score_log_std"] * dist.std.log()
+            ).sum(-1)
+        return prepared["weights"] * policy.log_prob_pre_tanh(prepared["u"])
+
+    def unlikeliness(self, noise: Tensor, prepared: Prepared) -> Tensor:
+        return -prepared["log_prob"]
 
     def state_dims(self, noise: Tensor, prepared: Prepared) -> tuple[int, dict[str, int]]:
         dim = noise.dim() - 2
-        return dim, {"u": dim, "weights": dim, "objective": dim}
+        return dim, {k: dim for k in prepared}
+
+
+class Mixed(PolicyGradientEstimator):
+    """w ĝ_PW + (1 − w) ĝ_SF per parameter tensor, w fixed from earlier measurements.
+
+    Unbiased for any weights that do not depend on the draws they multiply: SAC refreshes them
+    from its diagnostics' moments every ``mix_interval`` updates, on states and draws the
+    training batches never use (:func:`rlgrad.diagnostics.mixing_weights_from`). The noise is
+    (1 + K, B, d): the pathwise draw, then the score function's K. The training loss combines
+    the two gradients per parameter (:meth:`loss`); the row losses of a per-tensor mix do not
+    exist as one scalar, so the diagnostics mix the two estimators' layer gradients instead.
+    """
+
+    name = "mixed"
+
+    def __init__(
+        self,
+        pathwise: Pathwise,
+        score: ScoreFunction,
+        params: dict[str, Tensor],
+        weights: dict[str, float] | None = None,
+    ):
+        self.pathwise, self.score, self.params = pathwise, score, params
+        self.weights = {name: 1.0 for name in params} if weights is None else dict(weights)
+
+    @property
+    def critic_evaluations_per_state(self) -> int:
+        return 1 + self.score.samples
+
+    def noise_shape(self, policy: SquashedGaussianPolicy) -> torch.Size:
+        return torch.Size((1 + self.score.samples, *policy.mean.shape))
+
+    def draw(
+        self,
+        policy: SquashedGaussianPolicy,
+        reuse: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        first = self.pathwise.draw(policy, reuse, generator)
+        return torch.cat([first.unsqueeze(0), self.score.draw(policy, generator=generator)])
+
+    def prepare(
+        self, policy: SquashedGaussianPolicy, noise: Tensor, objective: ActionObjective
+    ) -> Prepared:
+        pathwise = self.pathwise.prepare(policy, noise[0], objective)
+        score = self.score.prepare(policy, noise[1:], objective)
+        out = {f"pathwise/{k}": v for k, v in pathwise.items()}
+        out.update({f"score/{k}": v for k, v in score.items()})
+        out["objective"] = pathwise["objective"]
+        return out
+
+    def draw_losses(
+        self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
+    ) -> Tensor:
+        raise NotImplementedError("a per-tensor mix has no scalar draw losses; see Mixed.loss")
+
+    def row_losses(
+        self, policy: SquashedGaussianPolicy, noise: Tensor, prepared: Prepared, alpha: Tensor
+    ) -> Tensor:
+        raise NotImplementedError("a per-tensor mix has no scalar row losses; see Mixed.loss")
+
+    def unlikeliness(self, noise: Tensor, prepared: Prepared) -> Tensor:
+        raise NotImplementedError("the tail probe measures the two estimators separately")
+
+    def state_dims(self, noise: Tensor, prepared: Prepared) -> tuple[int, dict[str, int]]:
+        raise NotImplementedError("the mix is measured through its two estimators")
+
+    def loss(
+        self,
+        policy: SquashedGaussianPolicy,
+        noise: Tensor,
+        objective: ActionObjective,
+        sample: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Σ_p ⟨w_p g_PW,p + (1 − w_p) g_SF,p, θ_p⟩ with the g's held fixed: its gradient is the
+        mixed batch estimate (two backward passes, one per estimator). ``sample``: the
+        pathwise draw's (a(θ), log π), as for :meth:`Pathwise.loss`."""
+        params = list(self.params.values())
+        loss_pw, value = self.pathwise.loss(policy, noise[0], objective, sample)
+        loss_sf, _ = self.score.loss(policy, noise[1:], objective)
+        grads_pw = torch.autograd.grad(loss_pw, params, retain_graph=True, allow_unused=True)
+        grads_sf = torch.autograd.grad(loss_sf, params, allow_unused=True)
+        surrogate = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        for (name, param), g_pw, g_sf in zip(self.params.items(), grads_pw, grads_sf, strict=True):
+            w = self.weights[name]
+            g_pw = torch.zeros_like(param) if g_pw is None else g_pw
+            g_sf = torch.zeros_like(param) if g_sf is None else g_sf
+            surrogate = surrogate + ((w * g_pw + (1.0 - w) * g_sf).detach() * param).sum()
+        return surrogate, value
+
+
+def optimal_baseline_over_draws(h: Tensor, score: Tensor) -> Tensor:
+    """b_km = (Σ_k' h_k' s_k'm² − h_k s_km²)/(Σ_k' s_k'm² − s_km²) along dim 0 (the K draws of
+    a state): the variance-minimising constant E[h s_m²]/E[s_m²] for component m, from the
+    state's other draws. ``h`` (K, …), ``score`` (K, …, M)."""
+    h = h.unsqueeze(-1)
+    sq = score * score
+    num = (h * sq).sum(0, keepdim=True) - h * sq
+    den = sq.sum(0, keepdim=True) - sq
+    return torch.where(den > 0, num / den.clamp_min(1e-30), 0.0)
 
 
 def make_estimator(
