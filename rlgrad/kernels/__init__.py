@@ -124,30 +124,19 @@ def bind(reference: Callable[..., Any], mode: str, *static: Any, compiled: bool 
 # registered next to its reference in agents/ppo.py.
 from rlgrad.kernels import sac as _sac  # noqa: E402
 
-register(
-    Kernel(
-        name="mlp_heads",
-        reference=_sac.reference_mlp_heads,
-        fused=_sac.fused_mlp_heads,
-        supports=_sac.supports_mlp_heads,
-        example=_sac.example_mlp_heads,
+# Kernel name → the stem of its adapters in rlgrad.kernels.sac (reference_*, fused_*, …).
+_SAC_KERNELS = {
+    "mlp_heads": "mlp_heads",
+    "ensemble_mlp": "ensemble",
+    "squashed_gaussian_sample": "squashed_sample",
+}
+for _name, _stem in _SAC_KERNELS.items():
+    register(
+        Kernel(
+            name=_name,
+            reference=getattr(_sac, f"reference_{_stem}"),
+            fused=getattr(_sac, f"fused_{_stem}"),
+            supports=getattr(_sac, f"supports_{_stem}", _sac.supports_always),
+            example=getattr(_sac, f"example_{_stem}"),
+        )
     )
-)
-register(
-    Kernel(
-        name="ensemble_mlp",
-        reference=_sac.reference_ensemble,
-        fused=_sac.fused_ensemble,
-        supports=_sac.supports_ensemble,
-        example=_sac.example_ensemble,
-    )
-)
-register(
-    Kernel(
-        name="squashed_gaussian_sample",
-        reference=_sac.reference_squashed_sample,
-        fused=_sac.fused_squashed_sample,
-        supports=_sac.supports_always,
-        example=_sac.example_squashed_sample,
-    )
-)
