@@ -16,9 +16,10 @@ V_old are recomputed in one batched call (the policy has not changed since it ac
     L_V = mean (R − V̂)²,  V̂ = V(s), or V_old + clip(V(s) − V_old, ±clip_range_vf) (SB3's form)
 
 with Â standardised per minibatch and the gradient norm clipped at ``max_grad_norm``. Logged:
-``losses/policy``, ``losses/value``, ``losses/entropy``, ``losses/approx_kl`` (the estimator
-mean((ρ − 1) − log ρ), as SB3), ``losses/clip_fraction`` (share of |ρ − 1| > ε), all averaged
-over the update's minibatches, and ``losses/explained_variance``.
+the losses ``losses/policy`` and ``losses/value``, and what is not a loss under ``train/``:
+``train/entropy``, ``train/approx_kl`` (the estimator mean((ρ − 1) − log ρ), as SB3),
+``train/clip_fraction`` (share of |ρ − 1| > ε), all averaged over the update's minibatches,
+``train/explained_variance`` and ``train/policy_std``.
 
 The minibatch loss is :func:`ppo_loss` below. It is registered with a fused stand-in
 (``rlgrad.kernels.ppo``: the same loss and gradients to float rounding, one autograd node with a
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from rlgrad import diagnostics, kernels
 from rlgrad.config import AgentConfig, DiagnosticsConfig
@@ -44,7 +45,7 @@ from rlgrad.on_policy import OnPolicyAgent
 
 class Config(AgentConfig):
     name: Literal["ppo"] = "ppo"
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     learning_rate: float = Field(3e-4, gt=0)
     anneal_lr: bool = False
@@ -99,6 +100,10 @@ class PPOLossOptions:
     vf_coef: float
     ent_coef: float
     normalize_advantage: bool
+
+
+LOSS_TERMS = ("policy", "value")
+"""The parts of :func:`ppo_loss`'s statistics that are loss terms (logged as ``losses/``)."""
 
 
 def ppo_loss(
@@ -206,9 +211,12 @@ class Agent(OnPolicyAgent):
         residual_var = (returns - old_values).var()
         names = tuple(stats)  # the last minibatch's: every one returns the same keys
         means = sums / n_minibatches if sums is not None else obs.new_zeros(len(names))
-        metrics = {f"losses/{k}": v for k, v in zip(names, means, strict=True)}
-        metrics["losses/explained_variance"] = 1.0 - residual_var / returns.var().clamp_min(1e-8)
-        metrics["losses/std"] = self.policy.log_std.detach().exp().mean()
+        metrics = {
+            f"{'losses' if k in LOSS_TERMS else 'train'}/{k}": v
+            for k, v in zip(names, means, strict=True)
+        }
+        metrics["train/explained_variance"] = 1.0 - residual_var / returns.var().clamp_min(1e-8)
+        metrics["train/policy_std"] = self.policy.log_std.detach().exp().mean()
         metrics["charts/learning_rate"] = torch.tensor(
             self.learner.optimizers["ppo"].param_groups[0]["lr"]
         )

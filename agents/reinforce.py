@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from rlgrad import diagnostics
 from rlgrad.config import AgentConfig, DiagnosticsConfig
@@ -52,7 +52,7 @@ from rlgrad.rollout import discounted_returns, gae
 
 class Config(AgentConfig):
     name: Literal["reinforce"] = "reinforce"
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     learning_rate: float = Field(1e-3, gt=0)
     """Adam step size of the policy."""
@@ -156,17 +156,16 @@ class Agent(OnPolicyAgent):
                 values=values,
                 next_values=next_values,
             )
-        grad_norm = self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
+        self.learner.step("policy", loss, max_grad_norm=cfg.max_grad_norm)
 
         metrics = {
             "losses/policy": pg_loss.detach(),
-            "losses/entropy": entropy.detach(),
-            "losses/policy_grad_norm": grad_norm,
-            "losses/std": self.policy.log_std.detach().exp().mean(),
-            "losses/return_mean": returns.mean(),
+            "train/entropy": entropy.detach(),
+            "train/policy_std": self.policy.log_std.detach().exp().mean(),
+            "train/return_mean": returns.mean(),
         }
         if cfg.baseline == "mean":
-            metrics["losses/baseline"] = self.return_mean.clone()
+            metrics["train/mean_baseline"] = self.return_mean.clone()
         if values is not None:
             metrics.update(self.fit_value(obs, returns, values))
         return metrics
@@ -233,7 +232,7 @@ class Agent(OnPolicyAgent):
         residual_var = (targets - old_values).var()
         return {
             "losses/value": loss.detach(),
-            "losses/explained_variance": 1.0 - residual_var / targets.var().clamp_min(1e-8),
+            "train/explained_variance": 1.0 - residual_var / targets.var().clamp_min(1e-8),
         }
 
     # ---- diagnostics --------------------------------------------------------------------

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from rlgrad import diagnostics
@@ -73,7 +73,7 @@ from rlgrad.torch_private import foreach_lerp_
 
 class Config(AgentConfig):
     name: Literal["sac"] = "sac"
-    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)
     learning_rate: float = Field(3e-4, gt=0)
     buffer_size: int = Field(1_000_000, gt=0)
     batch_size: int = Field(256, gt=0)
@@ -296,8 +296,8 @@ class Agent:
             {
                 "losses/critic": critic_loss.detach(),
                 "losses/actor": objective_value.detach(),
-                "losses/q_mean": q_mean,
-                "losses/entropy": -log_prob_pi.mean(),
+                "train/q_mean": q_mean,
+                "train/entropy": -log_prob_pi.mean(),
             }
         )
         return metrics
@@ -522,6 +522,10 @@ class Agent:
         return self.per_state_gradients("score", obs, alpha)
 
     # ---- state --------------------------------------------------------------------------
+    def policy_state_dict(self) -> dict:
+        """What acting needs: the actor (see :class:`rlgrad.agent.Agent`)."""
+        return {"actor": self.actor.state_dict()}
+
     def state_dict(self) -> dict:
         return {
             "actor": self.actor.state_dict(),

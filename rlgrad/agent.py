@@ -67,6 +67,10 @@ class Agent(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
+    def policy_state_dict(self) -> dict[str, Any]:
+        """The entries of :meth:`state_dict` that acting needs (no buffers, no critics): what
+        ``checkpoints/policy.pt`` and ``best.pt`` hold."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 

@@ -60,7 +60,7 @@ def _plain_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """‖(g_1, …, g_n)‖₂ = ‖(‖g_1‖₂, …, ‖g_n‖₂)‖₂ for tensors on one device: the arithmetic of
     ``torch.nn.utils.get_total_norm(grads, foreach=True)`` (bit-equal) without its per-call
-    grouping by device and dtype (about 0.1 ms a call on CPU)."""
+    grouping by device and dtype."""
     return torch.linalg.vector_norm(torch.stack(torch_private.foreach_norm(grads)))
 
 
@@ -78,7 +78,7 @@ def _fused_adam_step(
     """``optimizer.step()`` for a :func:`_plain_fused_adam` whose parameters all have gradients:
     the same state (created as Adam creates it) and the same kernel (torch's private
     ``_fused_adam_``, through :mod:`rlgrad.torch_private`), without the per-call
-    bookkeeping of ``Optimizer.step`` (about 0.1 ms a call on CPU).
+    bookkeeping of ``Optimizer.step``.
 
     ``found_inf`` (a float 0-dim tensor on the parameters' device): where it is 1 the kernel
     leaves parameters, moments and step counts as they were, decided on the device (no sync).
@@ -147,6 +147,9 @@ class Learner:
         # check) as device tensors, read by check_nonfinite every that many steps.
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._steps_since_check = 0
+        self.grad_norms: dict[str, torch.Tensor] = {}
+        """Loss name → the pre-clip gradient norm of its last step (a device tensor: read it
+        when logging, not per step), logged as ``learner/grad_norm/<loss>``."""
         self.active_kernels: dict[str, str] = {}
         """Kernel name → ``"fused"`` or ``"reference"``, for every kernel an agent bound."""
 
@@ -219,6 +222,7 @@ class Learner:
         # The fused kernel needs all parameters on one device, so the lean norm and clip can too.
         fused = len(grads) == len(params) and _plain_fused_adam(optimizer)
         norm = _total_norm(grads) if fused else torch.nn.utils.get_total_norm(grads, foreach=True)
+        self.grad_norms[name] = norm
         if fused and self.cfg.nonfinite_check_interval > 1:
             self._step_without_sync(name, optimizer, params, grads, loss, norm, clip)
             return norm
@@ -303,6 +307,11 @@ class Learner:
             )
 
     def state_dict(self) -> dict:
+        """Optimisers and non-finite counts. Skips made without a host sync since the last
+        check are counted first (:meth:`check_nonfinite`), so that a run resumed from this
+        state counts them too."""
+        if self._pending:
+            self.check_nonfinite()
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "nonfinite_skips": self.nonfinite_skips,

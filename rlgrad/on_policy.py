@@ -156,6 +156,10 @@ class OnPolicyAgent:
         raise NotImplementedError
 
     # ---- state --------------------------------------------------------------------------
+    def policy_state_dict(self) -> dict[str, Any]:
+        """What acting needs: the policy network (see :class:`rlgrad.agent.Agent`)."""
+        return {"policy": self.policy.state_dict()}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.state_dict(),

@@ -105,3 +105,17 @@ def test_gradient_clipping_is_an_agent_setting_not_a_learner_one():
     for agent, default in (("ppo", 0.5), ("reinforce", None)):
         cfg = validate({"agent": {"name": agent}, "total_steps": 10})
         assert cfg.agent.max_grad_norm == default
+
+
+def test_step_records_the_pre_clip_gradient_norm_per_loss():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    learner = Learner(LearnerConfig(device="cpu"))
+    learner.add_optimizer("net", net.parameters(), lr=1e-3)
+    x = torch.randn(8, 4)
+    loss = net(x).pow(2).sum() * 100.0
+    grads = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+    want = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+    learner.step("net", loss, max_grad_norm=0.1)  # clipped hard: the record is from before
+    assert float(learner.grad_norms["net"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(want) > 1.0

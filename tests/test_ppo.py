@@ -84,11 +84,12 @@ def test_update_runs_epochs_of_minibatches_and_logs() -> None:
     metrics = agent.update(T * N)
     # 16 transitions in minibatches of 5 → 4 per epoch, 3 epochs, one optimiser.
     assert list(learner.grads) == ["ppo"] and len(learner.grads["ppo"]) == 12
-    for name in ("policy", "value", "entropy", "approx_kl", "clip_fraction"):
-        assert torch.isfinite(metrics[f"losses/{name}"]), name
+    for name in ("losses/policy", "losses/value", "train/entropy", "train/approx_kl"):
+        assert torch.isfinite(metrics[name]), name
     # The first minibatch is taken at π_old: ratio 1, nothing clipped; later ones move.
-    assert 0.0 <= float(metrics["losses/clip_fraction"]) <= 1.0
-    assert float(metrics["losses/approx_kl"]) >= 0.0
+    assert 0.0 <= float(metrics["train/clip_fraction"]) <= 1.0
+    assert float(metrics["train/approx_kl"]) >= 0.0
+    assert {k for k in metrics if k.startswith("losses/")} == {"losses/policy", "losses/value"}
     assert agent.buffer.pos == 0 and agent.updates == 1
 
 
@@ -100,8 +101,8 @@ def test_first_minibatch_is_at_old_policy() -> None:
     agent = Agent(cfg, EnvSpec(OBS, ACT), RecordingLearner(), N)
     fill(agent)
     metrics = agent.update(T * N)
-    assert float(metrics["losses/approx_kl"]) == pytest.approx(0.0, abs=1e-6)
-    assert float(metrics["losses/clip_fraction"]) == 0.0
+    assert float(metrics["train/approx_kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(metrics["train/clip_fraction"]) == 0.0
 
 
 def test_target_kl_stops_early() -> None:
@@ -191,5 +192,5 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     for name in ("a", "b"):
         train(load_config(PPO_CONFIG, overrides), tmp_path / name, quiet=True)
     a, b = metrics_without_timing(tmp_path / "a"), metrics_without_timing(tmp_path / "b")
-    assert any("losses/approx_kl" in row for row in a)
+    assert any("train/approx_kl" in row for row in a)
     assert a == b

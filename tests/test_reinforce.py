@@ -237,7 +237,8 @@ def test_gae_baseline_steps_policy_and_value() -> None:
         agent.observe(**s)
     metrics = agent.update(T * N)
     assert len(learner.grads["policy"]) == 1 and len(learner.grads["value"]) == 3
-    assert {"losses/policy", "losses/value", "losses/entropy"} <= set(metrics)
+    assert {"losses/policy", "losses/value", "train/entropy"} <= set(metrics)
+    assert not {"losses/std", "losses/entropy", "losses/return_mean"} & set(metrics)
     assert agent.buffer.pos == 0
 
 

@@ -136,3 +136,26 @@ def test_score_baseline_config():
     assert Config(score_baseline="value", score_samples=1).score_samples == 1
     with pytest.raises(ValueError, match="loo needs score_samples"):
         Config(score_baseline="loo", score_samples=1)
+
+
+def test_a_run_logs_the_learner_grad_norm_of_every_loss_and_no_non_loss_under_losses(
+    tmp_path,
+):
+    import json
+
+    from conftest import run_tiny_training
+
+    code, _, err = run_tiny_training(tmp_path / "run", "logging.interval=100")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    logged = [row for row in rows if "losses/critic" in row]
+    assert len(logged) >= 2
+    for row in logged:
+        for loss in ("critic", "actor", "alpha"):
+            assert row[f"learner/grad_norm/{loss}"] > 0
+        assert {k for k in row if k.startswith("losses/")} == {
+            "losses/critic",
+            "losses/actor",
+            "losses/alpha",
+        }
+        assert "train/q_mean" in row and "train/entropy" in row

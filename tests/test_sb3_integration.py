@@ -60,16 +60,16 @@ def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _check_logged(rows: list[dict], estimator: str) -> None:
-    with_grad = [r for r in rows if f"grad/{estimator}/variance" in r]
+def _check_logged(rows: list[dict], estimator: str, suffix: str = "") -> None:
+    with_grad = [r for r in rows if f"grad/{estimator}/variance{suffix}" in r]
     assert with_grad, f"no grad/{estimator} keys in progress.json"
     for row in with_grad:
         for stat in STATS:
-            value = row[f"grad/{estimator}/{stat}"]
+            value = row[f"grad/{estimator}/{stat}{suffix}"]
             assert math.isfinite(value) or (stat == "noise_scale" and value == math.inf), stat
-        assert row[f"grad/{estimator}/variance"] > 0
-        assert row[f"grad/{estimator}/batch_variance"] > 0
-        assert -1.0 <= row[f"grad/{estimator}/cosine_reference"] <= 1.0
+        assert row[f"grad/{estimator}/variance{suffix}"] > 0
+        assert row[f"grad/{estimator}/batch_variance{suffix}"] > 0
+        assert -1.0 <= row[f"grad/{estimator}/cosine_reference{suffix}"] <= 1.0
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,8 @@ def test_ppo_callback_logs_per_step_policy_gradient(tmp_path):
     model.learn(256, callback=callback)
     assert callback.n_measurements == 2  # one per rollout of 128 steps
     rows = _records(tmp_path)
-    _check_logged(rows, "score_per_step")
-    assert len([r for r in rows if "grad/score_per_step/snr" in r]) == 2
+    _check_logged(rows, "score", suffix="_per_step")
+    assert len([r for r in rows if "grad/score/snr_per_step" in r]) == 2
 
 
 def _actor_rows(actor, losses: list[torch.Tensor]) -> torch.Tensor:

@@ -57,9 +57,10 @@ per-sample gradients of PPO's policy-gradient term −A_t ∇θ log πθ(a_t|s_t
 without replacement from the rollout; with ``model.normalize_advantage`` the advantages are
 normalised over those steps, (A − mean)/(std + 1e-8), as ``PPO.train`` does over a minibatch.
 The unit of a sample is one time step, and steps of one episode are correlated, hence the keys
-``grad/score_per_step/…``. The reference uses ``reference_batch`` steps of the same rollout
-(all of them when it has fewer). Only the parameters that log π depends on are differentiated
-(the value head is left out). Clipping, the entropy bonus and the value loss are not part of it.
+``grad/score/<stat>_per_step`` (the names REINFORCE and PPO log). The reference uses
+``reference_batch`` steps of the same rollout (all of them when it has fewer). Only the
+parameters that log π depends on are differentiated (the value head is left out). Clipping,
+the entropy bonus and the value loss are not part of it.
 
 Side effects: none on training. The model's parameters, their ``.grad``, the optimisers and
 the distribution objects are left as they were, and the draws (replay indices, ε, actions,
@@ -318,15 +319,16 @@ class GradientDiagnosticsCallback(BaseCallback):
         return dict(self.last_metrics)
 
     def _statistics(
-        self, name: str, grads: dict[str, Tensor], reference: Tensor
+        self, name: str, grads: dict[str, Tensor], reference: Tensor, suffix: str = ""
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """``grad/<name>/…`` statistics of the per-sample rows, and their mean (P,)."""
+        """``grad/<name>/<stat><suffix>`` statistics of the per-sample rows (the names rlgrad's
+        agents log), and their mean (P,)."""
         flat = diagnostics.flatten(grads)
-        out = diagnostics.prefixed(f"grad/{name}", diagnostics.gradient_statistics(flat, reference))
+        stats = diagnostics.gradient_statistics(flat, reference)
+        out = diagnostics.prefixed(f"grad/{name}", stats, suffix)
         if self.per_layer:
-            out.update(
-                diagnostics.prefixed(f"grad/{name}", diagnostics.per_layer_statistics(grads))
-            )
+            layers = diagnostics.per_layer_statistics(grads)
+            out.update(diagnostics.prefixed(f"grad/{name}", layers, suffix))
         # The mean in float32 (B rows), then float64: .double() of the (B, P) matrix first
         # would allocate B·P·8 bytes for nothing.
         return out, flat.mean(0).double()
@@ -487,4 +489,4 @@ class GradientDiagnosticsCallback(BaseCallback):
 
         obs, actions, advantages = self._rollout_tensors(self._draw_steps(n_total, self.batch))
         per_sample = self.policy_gradient_per_step(obs, actions, advantages, names)
-        return self._statistics("score_per_step", per_sample, reference)[0]
+        return self._statistics("score", per_sample, reference, suffix="_per_step")[0]
