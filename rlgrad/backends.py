@@ -6,8 +6,11 @@ Both backends take the same :class:`RunJob` list and call ``on_result`` with one
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +26,10 @@ from rlgrad.errors import UsageError
 BACKENDS = ("local", "ray")
 STOP_GRACE_S = 60.0
 """Seconds a stopped run gets to write its checkpoint before its process is killed."""
+PARENT_POLL_S = 0.2
+"""How often a local worker checks that the ``rlgrad compare`` process that started it lives."""
+EXIT_ORPHANED = 3
+"""Exit status of a local worker whose ``rlgrad compare`` process died."""
 ERROR_FILE = "error.txt"
 RAY_INSTALL_HINT = (
     "--backend ray needs Ray, an optional extra: pip install 'rlgrad[ray]' "
@@ -80,6 +87,7 @@ def execute_run(job: RunJob) -> RunResult:
 
     start = time.perf_counter()
     run_dir = Path(job.run_dir)
+    _busy.set()
     try:
         cfg = validate(job.config)
         # The run directory's lock for the whole job: a straggler from an earlier invocation
@@ -91,10 +99,11 @@ def execute_run(job: RunJob) -> RunResult:
                 try:
                     result = train(cfg, run_dir, quiet=True, resume=True)
                 except CheckpointError:
-                    result = None  # an unusable checkpoint: start the run again
+                    result = None  # an unusable checkpoint (or config): start the run again
             if result is None:
-                prepare_run_dir(run_dir, overwrite=True)  # everything but the lock file
-                result = train(cfg, run_dir, quiet=True)
+                # everything but the lock file, once the run has been built from its config
+                prepare = functools.partial(prepare_run_dir, run_dir, overwrite=True)
+                result = train(cfg, run_dir, quiet=True, prepare=prepare)
     except RunDirInUse as exc:  # another process's run: leave its directory alone
         return RunResult(job.run_dir, False, time.perf_counter() - start, error=one_line(exc))
     except TrainingInterrupted as stop:
@@ -104,16 +113,45 @@ def execute_run(job: RunJob) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
         return RunResult(job.run_dir, False, time.perf_counter() - start, error=one_line(exc))
+    finally:
+        _busy.clear()
     return RunResult(job.run_dir, True, time.perf_counter() - start, result.eval_return_mean)
 
 
-def _init_worker() -> None:
+_busy = threading.Event()
+"""Set while :func:`execute_run` trains a run in this process."""
+
+
+def _init_worker(parent_pid: int | None = None) -> None:
     """A worker process: its own session, so that a Ctrl-C in the terminal reaches only the
-    ``rlgrad compare`` process (which then stops each worker once); one thread for numpy."""
+    ``rlgrad compare`` process (which then stops each worker once); one thread for numpy.
+
+    Being a session leader, it would outlive an ``rlgrad compare`` killed with SIGKILL (and
+    go on training while a rerun resumes its runs): it watches ``parent_pid`` and, once that
+    process is gone, stops like a stopped study: its run checkpoints and the worker exits.
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if hasattr(os, "setsid"):
         os.setsid()
+    if parent_pid is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+        ).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Wait for ``parent_pid`` to die (this process is then re-parented), then SIGTERM this
+    process: a run being trained saves a checkpoint and stops (an idle worker just ends); exit
+    once it has, or after :data:`STOP_GRACE_S`. Without this the worker would wait for more
+    work forever."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _busy.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(EXIT_ORPHANED)
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -121,6 +159,7 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
 
 

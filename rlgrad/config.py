@@ -11,12 +11,19 @@ import difflib
 import re
 import types
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar, Union, get_origin
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -44,26 +51,51 @@ class AgentConfig(Section):
 
 class EnvConfig(Section):
     id: str = "Pendulum-v1"
+    """Gymnasium env id; ``package.module:EnvName-v0`` imports the module that registers it."""
     n_envs: int = Field(1, gt=0)
+    """Copies of the env stepped together (one vector step = n_envs env steps)."""
     vectorization: Literal["sync", "async"] = "sync"
+    """``sync``: all copies in this process; ``async``: one worker process per copy."""
     normalize_obs: bool = False
+    """Normalise observations by running mean and variance (saved in checkpoints)."""
     normalize_reward: bool = False
+    """Scale rewards by the running standard deviation of the discounted return."""
     clip_obs: float = Field(10.0, gt=0)
+    """Normalised observations are clipped to [-clip_obs, clip_obs]."""
     rescale_actions: bool = True
     """Present the action space to the agent as [-1, 1]^d and rescale to the env's bounds."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make``."""
+    wrappers: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)
+    """Gymnasium wrappers (class names from ``gymnasium.wrappers``) applied in order to each
+    sub-env, innermost first, e.g. [FlattenObservation] for a Dict observation; a wrapper that
+    needs arguments is written {Name: {arg: value}}."""
+
+    @field_validator("wrappers")
+    @classmethod
+    def _known_wrappers(cls, wrappers: list) -> list:
+        if wrappers:
+            from rlgrad.envs import wrapper_factories  # gymnasium: imported only when needed
+
+            wrapper_factories(wrappers)
+        return wrappers
 
 
 class LoggingConfig(Section):
     wandb: Literal["auto", "offline", "online", "disabled"] = "auto"
     """``auto``: online when a W&B key is configured, offline otherwise."""
     project: str = "rlgrad"
+    """W&B project."""
     entity: str | None = None
+    """W&B entity (user or team); None: the account's default."""
     group: str | None = None
+    """W&B group (rlgrad compare sets it to the study's name)."""
     job_type: str | None = None
+    """W&B job type (rlgrad compare sets it to the estimator's label)."""
     tags: list[str] = Field(default_factory=list)
+    """W&B tags."""
     tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
     interval: int = Field(1000, gt=0)
     """Environment steps between two records of training metrics (losses, sps)."""
 
@@ -72,7 +104,9 @@ class EvalConfig(Section):
     interval: int = Field(5000, ge=0)
     """Environment steps between evaluations; 0 evaluates only at the end."""
     episodes: int = Field(10, gt=0)
+    """Episodes per evaluation (fresh seeds, one env each)."""
     deterministic: bool = True
+    """Evaluate the policy's mean action (false: sample actions)."""
 
 
 class CheckpointConfig(Section):
@@ -82,6 +116,7 @@ class CheckpointConfig(Section):
 
 class LearnerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: cuda when a GPU is there, else cpu."""
     max_nonfinite: int = Field(100, gt=0)
     """Consecutive updates with a non-finite loss or gradient before the run stops."""
     torch_threads: int | None = Field(None, gt=0)
@@ -141,8 +176,11 @@ class RunConfig(Section, Generic[A]):
     agent: A
     env: EnvConfig = Field(default_factory=EnvConfig)
     total_steps: int = Field(gt=0)
+    """Environment steps to train for (1e6 is accepted for 1000000)."""
     seed: int = Field(0, ge=0)
+    """Seeds the envs, the networks' initialisation and every random number of the run."""
     name: str | None = None
+    """The run's name in W&B; None: the run directory's name."""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -226,15 +264,90 @@ def validate(data: dict[str, Any]) -> RunConfig:
     if not isinstance(agent, dict) or "name" not in agent:
         raise ConfigError("the config must name its agent: agent.name (e.g. agent.name=sac)")
     config_cls = agent_spec(str(agent["name"])).config
+    model = RunConfig[config_cls]  # type: ignore[valid-type]
     try:
-        return RunConfig[config_cls].model_validate(data)  # type: ignore[valid-type]
+        return model.model_validate(integral_floats_to_int(data, model))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, config_cls)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read ``path``, apply ``overrides`` and return the validated config."""
-    return validate(merge(read_yaml(path), parse_overrides(overrides or [])))
+    """Read ``path`` (a YAML file, or the name of a shipped config such as ``sac_pendulum``),
+    apply ``overrides`` and return the validated config."""
+    return validate(merge(read_yaml(find_config(path)), parse_overrides(overrides or [])))
+
+
+def shipped_configs_dir() -> Path | None:
+    """The folder of the configs shipped with rlgrad (package ``rlgrad.configs``, which is the
+    repository's ``configs/`` folder), or None when neither is there."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("rlgrad.configs")
+    except ImportError:
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    repo = Path(__file__).resolve().parent.parent / "configs"  # an install that predates it
+    return repo if repo.is_dir() else None
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Shipped run configs by name (``sac_pendulum`` → its YAML file), sorted by name."""
+    folder = shipped_configs_dir()
+    if folder is None:
+        return {}
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """An existing YAML file, or the shipped config of that name (``sac_pendulum`` or
+    ``sac_pendulum.yaml``); otherwise a :class:`ConfigError` suggesting the closest names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    is_name = len(path.parts) == 1 and path.suffix in ("", ".yaml", ".yml")
+    if is_name and path.stem in shipped:
+        return shipped[path.stem]
+    close = difflib.get_close_matches(path.stem, list(shipped), n=3, cutoff=0.5)
+    if close:
+        names = ", ".join(close[:-1]) + " or " + close[-1] if len(close) > 1 else close[0]
+        hint = f"did you mean {names}? (shipped configs, by name)"
+    else:
+        hint = f"shipped configs: {', '.join(shipped) or 'none'}"
+    raise ConfigError(
+        f"config file not found: {path}; {hint}; give a shipped config's name or the path of "
+        "a YAML file (rlgrad configs lists the shipped ones)"
+    )
+
+
+def integral_floats_to_int(data: Any, model: type[BaseModel]) -> Any:
+    """``data`` with integral floats (``1e6``, ``2.0``) turned into ints where the schema wants
+    an int, so that ``total_steps=1e6`` works; any other value is left to the validation."""
+    if not isinstance(data, dict):
+        return data
+    converted = dict(data)
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is not None:
+            converted[key] = _to_int_where_wanted(value, field.annotation)
+    return converted
+
+
+def _to_int_where_wanted(value: Any, annotation: Any) -> Any:
+    if get_origin(annotation) is Annotated:  # e.g. PositiveInt: the type it constrains
+        annotation = get_args(annotation)[0]
+    if _is_model(annotation):
+        return integral_floats_to_int(value, annotation)
+    branches = get_args(annotation) if _is_union(annotation) else (annotation,)
+    if isinstance(value, float) and int in branches and float not in branches:
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list) and get_origin(annotation) is list:
+        (item,) = get_args(annotation) or (Any,)
+        return [_to_int_where_wanted(v, item) for v in value]
+    return value
 
 
 def to_yaml(config: RunConfig) -> str:
@@ -255,7 +368,10 @@ def _describe(exc: ValidationError, agent_cls: type[AgentConfig]) -> str:
     if kind == "extra_forbidden":
         valid = _valid_keys(parts[:-1], agent_cls)
         close = difflib.get_close_matches(str(parts[-1]), valid, n=1)
-        hint = f" (did you mean '{_dotted([*parts[:-1], close[0]])}'?)" if close else ""
+        suggestion = _synonym(parts, agent_cls) or (
+            _dotted([*parts[:-1], close[0]]) if close else None
+        )
+        hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
         return f"unknown config key '{key}'{hint}; valid keys here: {', '.join(valid)}"
     if kind == "missing":
         return f"missing config key '{key}': add it to the config file or pass {key}=VALUE"
@@ -301,6 +417,8 @@ def _key_parts(
         elif model is None and isinstance(part, str) and _is_union(annotation):
             continue  # the name of the union branch that failed, e.g. 'float'
         else:
+            if isinstance(part, int) and get_origin(annotation) is list:
+                annotation = (get_args(annotation) or (Any,))[0]  # the list's item
             parts.append(part)
     return parts, model is None and _is_union(annotation)
 
@@ -323,6 +441,43 @@ def _valid_keys(parent: list[int | str], agent_cls: type[AgentConfig]) -> list[s
             return []
         model = annotation
     return sorted(model.model_fields)
+
+
+# Names users bring from other libraries (SB3, CleanRL, RL Zoo) → the key here.
+SYNONYMS: dict[str, str] = {
+    "lr": "agent.learning_rate",
+    "learning_rate": "agent.learning_rate",
+    "alpha": "agent.ent_coef",
+    "gamma": "agent.gamma",
+    "discount": "agent.gamma",
+    "discount_factor": "agent.gamma",
+    "batch_size": "agent.batch_size",
+    "minibatch_size": "agent.batch_size",
+    "buffer_size": "agent.buffer_size",
+    "tau": "agent.tau",
+    "n_envs": "env.n_envs",
+    "num_envs": "env.n_envs",
+    "env_id": "env.id",
+    "env_name": "env.id",
+    "steps": "total_steps",
+    "timesteps": "total_steps",
+    "total_timesteps": "total_steps",
+    "n_timesteps": "total_steps",
+    "device": "learner.device",
+    "threads": "learner.torch_threads",
+    "torch_threads": "learner.torch_threads",
+    "wandb": "logging.wandb",
+    "project": "logging.project",
+}
+
+
+def _synonym(parts: list[int | str], agent_cls: type[AgentConfig]) -> str | None:
+    """The key a common synonym stands for (``lr`` → ``agent.learning_rate``), where it exists."""
+    target = SYNONYMS.get(str(parts[-1]))
+    if target is None or target == _dotted(parts):
+        return None
+    *section, leaf = target.split(".")
+    return target if leaf in _valid_keys(list(section), agent_cls) else None
 
 
 def _one_line(text: str) -> str:

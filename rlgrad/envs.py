@@ -9,6 +9,10 @@ observation/reward normalisation. Only Box action and observation spaces are acc
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
+import os
+import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,22 +76,51 @@ class NormalizeObservation(VectorWrapper):
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 
+    def _update_stats(self, obs: np.ndarray) -> None:
+        """Update the statistics with the finite rows of ``obs`` only: one NaN observation would
+        make the mean and variance NaN for good. (A non-finite row stays non-finite when
+        normalised, and the runner drops the transitions it is part of.)"""
+        if not self.update:
+            return
+        finite = np.isfinite(obs).reshape(len(obs), -1).all(axis=1)
+        if finite.all():
+            self.stats.update(obs)
+        elif finite.any():
+            self.stats.update(obs[finite])
+
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        if self.update:
-            self.stats.update(obs)
+        self._update_stats(obs)
         return self._normalize(obs), info
 
     def step(self, actions):
         obs, rewards, terminated, truncated, info = self.env.step(actions)
-        if self.update:
-            self.stats.update(obs)
+        self._update_stats(obs)
         if "final_obs" in info:
             final = info["final_obs"].copy()
             for i in np.flatnonzero(info["_final_obs"]):
                 final[i] = self._normalize(final[i][None])[0]
             info = {**info, "final_obs": final}
         return self._normalize(obs), rewards, terminated, truncated, info
+
+
+class NormalizeReward(gym.wrappers.vector.NormalizeReward):
+    """Gymnasium's reward normaliser (same-step autoreset), except that a non-finite reward
+    enters neither the discounted return nor its running variance (one NaN would make every
+    later reward NaN); it is passed on unscaled, for the runner to drop."""
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        finite = np.isfinite(reward)
+        kept = self.accumulated_reward[finite] * self.gamma * (1 - terminated[finite])
+        self.accumulated_reward[finite] = kept + reward[finite]
+        if self.update_running_mean and finite.any():
+            self.return_rms.update(self.accumulated_reward[finite])
+        self._prev_dones = np.logical_or(terminated, truncated).astype(np.float32)
+        # The done sub-envs have been reset already (same-step autoreset): start a new return.
+        self.accumulated_reward[self._prev_dones.astype(bool)] = 0
+        scaled = reward / np.sqrt(self.return_rms.var + self.epsilon)
+        return obs, scaled, terminated, truncated, info
 
 
 class UnitActions(gym.ActionWrapper):
@@ -114,6 +147,55 @@ def unit_actions(env: gym.Env) -> gym.Env:
     return UnitActions(env)
 
 
+def wrapper_factories(
+    wrappers: Sequence[str | dict[str, dict[str, Any]]],
+) -> list[Callable[[gym.Env], gym.Env]]:
+    """``env.wrappers`` as callables that wrap one env: each entry names a class of
+    ``gymnasium.wrappers`` (``"FlattenObservation"``) or maps it to its keyword arguments
+    (``{"ClipReward": {"min_reward": -1}}``). An unknown name is a one-line :class:`ConfigError`."""
+    import gymnasium.wrappers as gym_wrappers
+
+    known = sorted(
+        name
+        for name in dir(gym_wrappers)
+        if isinstance(getattr(gym_wrappers, name), type)
+        and issubclass(getattr(gym_wrappers, name), gym.Wrapper)
+    )
+    factories = []
+    for entry in wrappers:
+        if isinstance(entry, dict) and len(entry) == 1:
+            ((name, kwargs),) = entry.items()
+        elif isinstance(entry, str):
+            name, kwargs = entry, {}
+        else:
+            raise ConfigError(
+                f"env.wrappers entry {entry!r} should be a wrapper's name, e.g. "
+                "FlattenObservation, or {Name: {argument: value}}"
+            )
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown wrapper '{name}'{hint}; env.wrappers takes class names from "
+                f"gymnasium.wrappers: {', '.join(known)}"
+            )
+        factories.append(functools.partial(getattr(gym_wrappers, name), **(kwargs or {})))
+    return factories
+
+
+def apply_wrappers(env: gym.Env, factories: Sequence[Callable[[gym.Env], gym.Env]]) -> gym.Env:
+    """Wrap ``env`` with ``factories`` in order; a wrapper that rejects the env (or its
+    arguments) is a one-line :class:`ConfigError`."""
+    for factory in factories:
+        try:
+            env = factory(env)
+        except Exception as exc:  # TypeError (arguments), DependencyNotInstalled, assertions
+            name = getattr(factory, "func", factory).__name__
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"env.wrappers: {name} cannot wrap the env: {reason}") from None
+    return env
+
+
 @contextlib.contextmanager
 def _quiet_probe() -> Iterator[None]:
     """Silence Python warnings (e.g. a deprecated env id, whose error says it all) and MuJoCo's
@@ -135,11 +217,22 @@ def _quiet_probe() -> Iterator[None]:
                 mujoco.set_mju_user_warning(previous)
 
 
-def check_spaces(env_id: str, **kwargs) -> None:
-    """Refuse tasks whose action or observation space is not a flat Box."""
+def check_spaces(
+    env_id: str, wrappers: Sequence[str | dict[str, dict[str, Any]]] = (), **kwargs
+) -> None:
+    """Refuse tasks whose action or observation space (after ``wrappers``, the config's
+    ``env.wrappers``) is not a flat Box."""
+    factories = wrapper_factories(wrappers)
     try:
         with _quiet_probe():
             probe = gym.make(env_id, **kwargs)
+    except ModuleNotFoundError as exc:  # env.id=package.module:EnvName-v0
+        module = env_id.split(":", 1)[0] if ":" in env_id else exc.name
+        raise ConfigError(
+            f"env '{env_id}': cannot import module '{module}' ({exc.msg}); an env.id of the "
+            "form module:EnvName-v0 needs that module importable (installed, or its folder on "
+            "PYTHONPATH)"
+        ) from None
     except TypeError as exc:
         raise ConfigError(
             f"env '{env_id}' rejects env.kwargs {kwargs}: {exc}; fix or remove those env.kwargs"
@@ -156,6 +249,8 @@ def check_spaces(env_id: str, **kwargs) -> None:
             "python -c 'import gymnasium; gymnasium.pprint_registry()'"
         ) from None
     try:
+        with _quiet_probe():
+            probe = apply_wrappers(probe, factories)
         action_space, obs_space = probe.action_space, probe.observation_space
     finally:
         probe.close()
@@ -168,8 +263,65 @@ def check_spaces(env_id: str, **kwargs) -> None:
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ConfigError(
             f"env '{env_id}' has observation space {obs_space}; rlgrad needs a flat Box: "
-            "choose an env with vector observations, e.g. env.id=Pendulum-v1"
+            "choose an env with vector observations, e.g. env.id=Pendulum-v1, or flatten "
+            "them with env.wrappers=[FlattenObservation]"
         )
+
+
+def check_env(cfg: EnvConfig) -> None:
+    """:func:`check_spaces`, then one reset and one step of a probe env: an ``env.kwargs`` value
+    that the env accepts when built but fails on (``env.kwargs={g: abc}``) is a one-line
+    :class:`ConfigError` before a run directory is touched."""
+    check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
+    try:
+        with _quiet_probe():
+            probe = gym.make(cfg.id, **cfg.kwargs)
+            try:
+                probe = apply_wrappers(probe, wrapper_factories(cfg.wrappers))
+                probe.reset(seed=0)
+                probe.step(probe.action_space.sample())
+            finally:
+                probe.close()
+    except ConfigError:
+        raise
+    except Exception as exc:  # whatever the env raises on a value it cannot use
+        reason = " ".join(str(exc).split()) or "no message"
+        what = f"with env.kwargs {cfg.kwargs}" if cfg.kwargs else "on its first reset and step"
+        hint = "fix or remove those env.kwargs" if cfg.kwargs else "check the env"
+        raise ConfigError(
+            f"env '{cfg.id}' fails {what}: {type(exc).__name__}: {reason}; {hint}"
+        ) from None
+
+
+class IgnoreSigintInWorker:
+    """A sub-env "wrapper" for ``env.vectorization=async`` that leaves the env as it is but,
+    in an env worker process, ignores SIGINT: a Ctrl-C in the terminal reaches the whole
+    process group, and a worker that died of it would break the run's pipe to it; the run
+    itself stops at the end of the step and saves its checkpoint (``rlgrad.runner``). In the
+    process that builds the vector env (which builds one env to read the spaces) it does
+    nothing."""
+
+    def __init__(self) -> None:
+        self.builder_pid = os.getpid()
+
+    def __call__(self, env: gym.Env) -> gym.Env:
+        if os.getpid() != self.builder_pid:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return env
+
+
+@contextlib.contextmanager
+def _sigint_blocked(block: bool) -> Iterator[None]:
+    """Block SIGINT in this thread while env workers are started, so that they start with it
+    blocked (a forked or spawned process inherits the mask) until they ignore it."""
+    if not block or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_env(
@@ -189,27 +341,31 @@ def make_env(
     ``extra_wrappers`` wrap each sub-env outermost (e.g. video recording); ``make_kwargs`` go
     to ``gym.make`` beside ``env.kwargs`` (e.g. ``render_mode``).
     """
-    check_spaces(cfg.id, **cfg.kwargs)
+    check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
     n = n_envs or cfg.n_envs
-    envs = gym.make_vec(
-        cfg.id,
-        num_envs=n,
-        vectorization_mode=cfg.vectorization,
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=[
-            EpisodeRecorder,
-            *([unit_actions] if cfg.rescale_actions else []),
-            *extra_wrappers,
-        ],
-        **cfg.kwargs,
-        **make_kwargs,
-    )
+    workers = cfg.vectorization == "async"
+    with _sigint_blocked(workers):
+        envs = gym.make_vec(
+            cfg.id,
+            num_envs=n,
+            vectorization_mode=cfg.vectorization,
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            wrappers=[
+                *([IgnoreSigintInWorker()] if workers else []),
+                *wrapper_factories(cfg.wrappers),  # the user's, innermost: the rest sees theirs
+                EpisodeRecorder,
+                *([unit_actions] if cfg.rescale_actions else []),
+                *extra_wrappers,
+            ],
+            **cfg.kwargs,
+            **make_kwargs,
+        )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     if cfg.normalize_obs:
         stats = obs_stats or RunningMeanStd(envs.single_observation_space.shape)
         envs = NormalizeObservation(envs, stats, cfg.clip_obs, update=training)
     if cfg.normalize_reward and training:
-        envs = gym.wrappers.vector.NormalizeReward(envs, gamma=gamma)
+        envs = NormalizeReward(envs, gamma=gamma)
     envs.action_space.seed(seed)
     return envs
 

@@ -20,7 +20,7 @@ from rlgrad.agents import agent_spec
 from rlgrad.checkpoint import CheckpointError, load_checkpoint
 from rlgrad.config import LearnerConfig, RunConfig, load_config
 from rlgrad.envs import RunningMeanStd, env_spec, make_env
-from rlgrad.errors import UsageError
+from rlgrad.errors import BuildError, UsageError
 from rlgrad.learner import Learner
 from rlgrad.runner import CHECKPOINT_FILE, check_checkpoint_matches, evaluate
 
@@ -42,6 +42,26 @@ def saved_obs_stats(checkpoint: dict) -> RunningMeanStd | None:
             stats.load_state_dict(state)
             return stats
     return None
+
+
+def check_obs_stats(
+    cfg: RunConfig, stats: RunningMeanStd | None, path: Path, run_dir: Path
+) -> None:
+    """Refuse a checkpoint whose observation-normaliser statistics do not match the run's
+    config: a policy trained on normalised observations is wrong on raw ones, and the other
+    way round."""
+    if cfg.env.normalize_obs and stats is None:
+        raise CheckpointError(
+            f"{path} holds no observation-normaliser statistics, but {run_dir / 'config.yaml'} "
+            "normalises observations (env.normalize_obs=true): its policy would see "
+            "unnormalised observations; evaluate it with the run directory it came from"
+        )
+    if not cfg.env.normalize_obs and stats is not None:
+        raise CheckpointError(
+            f"{path} was trained on normalised observations, but {run_dir / 'config.yaml'} "
+            "does not normalise them (env.normalize_obs=false); evaluate it with the run "
+            "directory it came from"
+        )
 
 
 def load_run_agent(
@@ -81,19 +101,24 @@ def evaluate_run(
         check_rendering(cfg)
         extra_wrappers = [video_recorder(video_dir)]
         make_kwargs = {"render_mode": "rgb_array"}
+    obs_stats = saved_obs_stats(checkpoint)
+    check_obs_stats(cfg, obs_stats, path, run_dir)
+    try:
+        learner = Learner(cfg.learner)
+    except RuntimeError as exc:  # --device cuda without a GPU
+        raise BuildError(" ".join(str(exc).split())) from None
     gamma = float(getattr(cfg.agent, "gamma", 0.99))
     envs = make_env(
         cfg.env,
         seed,
         gamma=gamma,
         n_envs=episodes,
-        obs_stats=saved_obs_stats(checkpoint),
+        obs_stats=obs_stats,
         training=False,
         extra_wrappers=extra_wrappers,
         **make_kwargs,
     )
     try:
-        learner = Learner(cfg.learner)
         agent: Agent = agent_spec(cfg.agent.name).agent(
             cfg.agent, env_spec(envs), learner, envs.num_envs, cfg.total_steps
         )

@@ -48,6 +48,11 @@ class JsonlSink:
         """Refuse to continue ``path`` from byte ``truncate_to`` if it is shorter than that."""
         from rlgrad.checkpoint import RESTART_HINT, CheckpointError  # imports torch: only here
 
+        if not path.is_file() and truncate_to > 0:
+            raise CheckpointError(
+                f"{path} is missing, but its checkpoint recorded {truncate_to} bytes of metrics "
+                f"there: the run's metrics were lost; {RESTART_HINT}"
+            )
         size = path.stat().st_size if path.is_file() else 0
         if size < truncate_to:
             raise CheckpointError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+import torch
 import yaml
 from conftest import (
     CONFIGS,
@@ -124,7 +126,11 @@ def test_missing_config_file(cli: Cli, existing_run: Path, tmp_path: Path, overw
     flags = ["--run-dir", str(existing_run), *(["--overwrite"] if overwrite else [])]
     line = refused(cli, existing_run, "train", missing, *flags)
     assert f"config file not found: {missing}" in line
-    assert "pass the path of a YAML config, e.g. configs/sac_pendulum.yaml" in line
+    assert "give a shipped config's name or the path of a YAML file" in line
+    assert "configs/sac_pendulum.yaml" not in line  # no path that fails from another folder
+    # A name close to a shipped one suggests it (from any folder: the configs ship with rlgrad).
+    line = refused(cli, existing_run, "train", "sac_pendulm", *flags)
+    assert "config file not found: sac_pendulm; did you mean sac_pendulum, " in line
 
 
 MALFORMED_HINT = "expected KEY=VALUE with a dotted key, e.g. agent.batch_size=512"
@@ -221,6 +227,41 @@ def test_env_needing_a_missing_package(
     assert "unknown env id" not in line
 
 
+# ---- values the schema accepts but the run cannot be built from -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (  # once refused only when torch built the network; now by the schema
+            "agent.hidden_sizes=[-1]",
+            ("config key 'agent.hidden_sizes[0]' should be greater than 0 (got -1)",),
+        ),
+        pytest.param(
+            "learner.device=cuda",
+            ("learner.device=cuda but no CUDA device is available", "use auto or cpu"),
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available"),
+            id="cuda-without-a-gpu",
+        ),
+    ],
+)
+def test_value_rejected_when_building(
+    cli: Cli, existing_run: Path, override: str, expected: tuple[str, ...]
+) -> None:
+    """The run is built before --overwrite empties the directory (without --overwrite the
+    occupied directory is refused first)."""
+    line = refused_config(cli, existing_run, True, override)
+    for fragment in expected:
+        assert fragment in line
+
+
+@overwrite
+def test_env_kwarg_the_env_rejects(cli: Cli, existing_run: Path, overwrite: bool) -> None:
+    line = refused_config(cli, existing_run, overwrite, "env.kwargs={g: abc}")
+    assert "env 'Pendulum-v1' fails with env.kwargs {'g': 'abc'}: TypeError" in line
+    assert "fix or remove those env.kwargs" in line
+
+
 # ---- the run directory ----------------------------------------------------------------------
 
 
@@ -249,6 +290,13 @@ def test_run_dir_holding_another_run(
         assert f"continue it with rlgrad train --resume {existing_run}" in line
 
 
+def test_run_dir_that_is_a_file(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a run directory")
+    line = refused(cli, tmp_path, "train", SAC_PENDULUM, "--quiet", "--run-dir", path)
+    assert f"--run-dir {path} is a file, not a directory" in line
+
+
 # ---- resuming from a checkpoint -------------------------------------------------------------
 
 
@@ -264,6 +312,95 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def run_copy(finished_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def normalised_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``finished_run``, with observation normalisation."""
+    run_dir = tmp_path_factory.mktemp("bad_input") / "sac-normalised"
+    code, _, err = run_tiny_training(
+        run_dir, "total_steps=60", "eval.episodes=1", "env.normalize_obs=true"
+    )
+    assert code == 0, err
+    return run_dir
+
+
+@needs_resume
+def test_read_only_run_dir(cli: Cli, run_copy: Path) -> None:
+    """A run directory nothing can be written into (for root, which ignores permissions: the
+    immutable attribute)."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip("needs chattr to make a directory read-only for root")
+        if subprocess.run(["chattr", "+i", run_copy], capture_output=True).returncode != 0:
+            pytest.skip("the filesystem does not support the immutable attribute")
+        undo = ["chattr", "-i", run_copy]
+    else:
+        run_copy.chmod(0o555)
+        undo = ["chmod", "755", run_copy]
+    try:
+        line = refused(cli, run_copy, "train", "--resume", run_copy, "total_steps=100", "--quiet")
+    finally:
+        subprocess.run(undo, check=True)
+    assert f"cannot use {run_copy / '.lock'}:" in line
+    assert "check that the path exists and is writable" in line
+
+
+@needs_resume
+def test_resume_with_deleted_metrics(cli: Cli, run_copy: Path) -> None:
+    (run_copy / "metrics.jsonl").unlink()
+    line = refused(cli, run_copy, "train", "--resume", run_copy, "total_steps=100", "--quiet")
+    assert f"{run_copy / 'metrics.jsonl'} is missing, but its checkpoint recorded" in line
+    assert "--overwrite" in line
+
+
+@needs_resume
+@pytest.mark.parametrize("total_steps", ["30", "60", None], ids=["lowered", "equal", "unchanged"])
+def test_resume_lowering_total_steps_or_of_a_finished_run(
+    cli: Cli, run_copy: Path, total_steps: str | None
+) -> None:
+    """Only a raised total_steps continues a run; a finished run (result.json) resumed without
+    one has nothing to do."""
+    extra = [f"total_steps={total_steps}"] if total_steps else []
+    line = refused(cli, run_copy, "train", "--resume", run_copy, *extra, "--quiet")
+    if total_steps == "30":
+        assert f"total_steps can only be raised when resuming: {run_copy} was set to" in line
+        assert "train 60 steps, got total_steps=30" in line
+    else:
+        assert f"{run_copy} has finished: it trained 60 steps" in line
+        assert f"rlgrad train --resume {run_copy} total_steps=120" in line
+
+
+@needs_resume
+def test_resume_after_config_yaml_was_edited(cli: Cli, run_copy: Path) -> None:
+    """config.yaml changed since the checkpoint was written (even with a raised total_steps)."""
+    config = run_copy / "config.yaml"
+    text = config.read_text()
+    edited = text.replace("batch_size: 32", "batch_size: 64").replace("tau: 0.005", "tau: 0.01")
+    assert "batch_size: 64" in edited and "tau: 0.01" in edited
+    config.write_text(edited)
+    line = refused(cli, run_copy, "train", "--resume", run_copy, "total_steps=100", "--quiet")
+    assert f"{config} differs from the config its checkpoint was written with" in line
+    assert "agent.batch_size (32 in the checkpoint, 64 now)" in line
+    assert "agent.tau (0.005 in the checkpoint, 0.01 now)" in line
+    assert "resuming may only raise total_steps" in line
+
+
+@pytest.mark.parametrize("direction", ["stats_missing", "stats_unwanted"])
+def test_eval_checkpoint_without_normaliser_statistics(
+    cli: Cli, finished_run: Path, normalised_run: Path, direction: str
+) -> None:
+    """``rlgrad eval RUN --checkpoint OTHER`` where one normalises observations and the other
+    does not: the policy would see observations of another scale."""
+    if direction == "stats_missing":
+        run, other = normalised_run, finished_run / CHECKPOINT
+        expected = "holds no observation-normaliser statistics, but"
+    else:
+        run, other = finished_run, normalised_run / CHECKPOINT
+        expected = "was trained on normalised observations, but"
+    line = refused(cli, run, "eval", run, "--checkpoint", other, "--episodes", "1")
+    assert f"{other} {expected} {run / 'config.yaml'}" in line
+    assert "evaluate it with the run directory it came from" in line
 
 
 @needs_resume
@@ -345,5 +482,14 @@ def test_readme_table_has_one_row_per_test() -> None:
         for name in globals()
         if name.startswith("test_") and name != "test_readme_table_has_one_row_per_test"
     )
-    assert len(in_table) == len(set(in_table)) == 12
+    assert len(in_table) == len(set(in_table)) == 21
     assert sorted(in_table) == here
+
+
+@overwrite
+def test_unknown_wrapper(cli: Cli, existing_run: Path, overwrite: bool) -> None:
+    line = refused_config(cli, existing_run, overwrite, "env.wrappers=[FlattenObs]")
+    assert "config key 'env.wrappers': unknown wrapper 'FlattenObs'" in line
+    assert "(did you mean 'FlattenObservation'?)" in line
+    assert "env.wrappers takes class names from gymnasium.wrappers: " in line
+    assert "ClipAction" in line and line.endswith("(got ['FlattenObs'])")

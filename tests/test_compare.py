@@ -2,17 +2,22 @@
 
 The tiny study: SAC with each actor estimator × 2 seeds on ``rlgrad/PointMass-v0`` (200 steps,
 gradient diagnostics every 50 updates), plus an estimator whose config is impossible and one
-whose env does not exist; both of those must fail without stopping the others.
+whose env does not exist; both of those must fail without stopping the others. And the workers
+of an ``rlgrad compare`` killed with SIGKILL stop with it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import statistics
 import struct
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -364,3 +369,61 @@ def test_missing_spec_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(stderr, "config file not found")
     with pytest.raises(ConfigError):
         load_spec(tmp_path / "none.yaml")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_workers_of_a_killed_compare_stop_with_it(tmp_path: Path) -> None:
+    """``rlgrad compare`` killed with SIGKILL (its workers are session leaders, out of reach of
+    the terminal's signals): each worker notices, lets its run checkpoint, and exits, so that a
+    rerun never finds the old runs still training."""
+    from rlgrad.run_lock import holder_pid
+
+    spec = write_spec(tmp_path, {"sac-pathwise": ESTIMATORS["sac-pathwise"]})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "rlgrad.cli", "compare", str(spec), "total_steps=10000000"]
+    command += ["checkpoint.interval=50", "--workers", "2", "--out", str(out)]
+    compare = subprocess.Popen(
+        command,
+        cwd=CONFIGS.parent,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    dirs = [run_dir(out, "sac-pathwise", seed) for seed in SEEDS]
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not (
+            all((d / "checkpoints" / "latest.pt").is_file() for d in dirs)
+            and all(holder_pid(d) not in (None, compare.pid) for d in dirs)
+        ):
+            assert compare.poll() is None, f"rlgrad compare exited with {compare.returncode}"
+            assert time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.1)
+        workers = [holder_pid(d) for d in dirs]
+        assert all(process_alive(pid) for pid in workers)
+        compare.kill()
+        compare.wait()
+        deadline = time.monotonic() + 30
+        while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if process_alive(pid)], "workers outlived compare"
+    finally:
+        if compare.poll() is None:
+            compare.kill()
+            compare.wait()
+        for pid in workers:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    for d in dirs:  # each run checkpointed as it stopped, and released its directory
+        assert not (d / "result.json").exists()
+        assert not (d / ".lock").exists()

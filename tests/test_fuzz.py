@@ -9,6 +9,11 @@
   bare functions against a forward-sum reference; this reference is the backward λ-return.)
 * ``ReplayBuffer`` with random shapes, capacities and batch sizes holds what a ``deque`` holds,
   and SAC's TD targets on its samples bootstrap through truncations and not terminations.
+* ``rlgrad train`` (in-process, ``rlgrad.cli.main``) with generated bad values for a few keys,
+  among them values that pass the schema but fail when the run is built (negative network
+  sizes, env kwargs the env cannot use): exit code 2, exactly one stderr line
+  ``rlgrad: error: …``, nothing on stdout, and an existing run directory unchanged even with
+  ``--overwrite``; no training starts.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, SAC_PENDULUM
+import yaml
+from conftest import CONFIGS, SAC_PENDULUM, TINY_OVERRIDES, run_cli, snapshot
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -413,3 +419,54 @@ def test_sac_targets_on_sampled_rows_bootstrap_through_truncation_only(
     torch.testing.assert_close(
         target[sample.terminated], sample.rewards[sample.terminated], rtol=1e-6, atol=1e-6
     )
+
+
+# ---- rlgrad train with bad values ---------------------------------------------------------------
+
+# A word that YAML (and so an override) reads as a string, never a number, bool or null.
+word = st.from_regex(r"[a-z][a-z_]{0,7}", fullmatch=True).filter(
+    lambda w: isinstance(yaml.safe_load(w), str)
+)
+bad_overrides = st.one_of(
+    # Pass the schema, fail when the run is built.
+    st.lists(st.integers(-1000, 64), min_size=1, max_size=3)
+    .filter(lambda sizes: min(sizes) < 0)
+    .map(lambda sizes: f"agent.hidden_sizes=[{','.join(map(str, sizes))}]"),
+    word.map(lambda w: f"env.kwargs={{g: {w}}}"),  # Pendulum's gravity as a word
+    st.builds(lambda w, n: f"env.kwargs={{zz_{w}: {n}}}", word, st.integers(-5, 5)),
+    *([] if torch.cuda.is_available() else [st.just("learner.device=cuda")]),
+    # Fail the schema or the env lookup.
+    word.map(lambda w: f"env.id={w.capitalize()}-v0"),
+    st.integers(-(10**6), 0).map(lambda n: f"total_steps={n}"),
+    word.map(lambda w: f"agent.batch_size={w}"),
+)
+
+
+@pytest.fixture(scope="module")
+def occupied_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that holds a run (which no refused command may touch)."""
+    run_dir = tmp_path_factory.mktemp("fuzz_train") / "existing"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("agent:\n  name: sac\ntotal_steps: 7\n")
+    (run_dir / "metrics.jsonl").write_text('{"global_step": 7}\n')
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"precious")
+    return run_dir
+
+
+@settings(max_examples=25, deadline=None)
+@given(bad_overrides, st.booleans())
+@example("agent.hidden_sizes=[-1]", True)
+@example("env.kwargs={g: abc}", True)
+def test_train_with_bad_values_is_one_error_line_and_touches_nothing(
+    occupied_run: Path, override: str, overwrite: bool
+) -> None:
+    before = snapshot(occupied_run)
+    args = ["train", SAC_PENDULUM, *TINY_OVERRIDES, override, "--quiet"]
+    args += ["--run-dir", occupied_run, *(["--overwrite"] if overwrite else [])]
+    code, out, err = run_cli(*args)
+    assert code == 2, (override, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlgrad: error:"), (override, err)
+    assert "Traceback" not in err
+    assert snapshot(occupied_run) == before, f"{override} changed the run directory"

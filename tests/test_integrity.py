@@ -8,10 +8,15 @@
   it is fsync-ed before every checkpoint that records its length.
 * Temporary files of killed saves are removed when the next run starts in the directory.
 * A study's name cannot lead its folder out of the output folder.
+* Non-finite observations and rewards never enter a normaliser or a buffer (the vector step is
+  dropped and counted in ``env/nonfinite_transitions``); no checkpoint is written from
+  non-finite state; a non-finite final evaluation is an error, not a result.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import shutil
@@ -20,13 +25,17 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import (
+    CONFIGS,
     REPO,
     SAC_PENDULUM,
     CliResult,
@@ -41,6 +50,7 @@ from rlgrad.config import ConfigError
 from rlgrad.logging import JsonlSink
 from rlgrad.run_lock import LOCK_FILE, RunDirInUse, hold_run_dir, holder_pid
 from rlgrad.study_spec import load_spec
+from rlgrad.toy_envs import PointMassEnv
 
 Cli = Callable[..., CliResult]
 CHECKPOINT = Path("checkpoints") / "latest.pt"
@@ -106,15 +116,15 @@ def test_a_running_run_has_its_directory_to_itself_and_sigkill_leaves_no_stale_l
     cli: Cli, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    long_run = tiny_train_args(run_dir, "total_steps=10000000", "checkpoint.interval=50")
+    long_run = tiny_train_args(run_dir, "total_steps=3000", "checkpoint.interval=50")
     first = start_cli(*long_run)
     try:
         wait_for(lambda: holder_pid(run_dir) == first.pid and checkpoint_step(run_dir) > 0, first)
         os.kill(first.pid, signal.SIGSTOP)  # it keeps the lock but stops changing files
         step = checkpoint_step(run_dir)
-        # Each of these would finish at once (total_steps reached) if it were let in.
+        # Each of these would change the directory at once if it were let in.
         assert_refused_in_use(
-            cli, run_dir, first.pid, "train", "--resume", run_dir, f"total_steps={step}", "--quiet"
+            cli, run_dir, first.pid, "train", "--resume", run_dir, "total_steps=4000", "--quiet"
         )
         quick_new_run = tiny_train_args(run_dir, "total_steps=10")
         assert_refused_in_use(cli, run_dir, first.pid, *quick_new_run, "--overwrite")
@@ -133,15 +143,15 @@ def test_a_running_run_has_its_directory_to_itself_and_sigkill_leaves_no_stale_l
         os.kill(second.pid, signal.SIGSTOP)
         step = checkpoint_step(run_dir)
         assert_refused_in_use(
-            cli, run_dir, second.pid, "train", "--resume", run_dir, f"total_steps={step}", "--quiet"
+            cli, run_dir, second.pid, "train", "--resume", run_dir, "total_steps=4000", "--quiet"
         )
     finally:
         second.kill()
         second.wait()
 
-    code, out, err = cli("train", "--resume", run_dir, f"total_steps={step + 20}", "--quiet")
+    code, out, err = cli("train", "--resume", run_dir, "--quiet")
     assert code == 0, err
-    assert out.startswith(f"done: {step + 20} steps")
+    assert out.startswith("done: 3000 steps")
     assert not (run_dir / LOCK_FILE).exists(), "a finished run leaves no lock file"
 
 
@@ -347,6 +357,7 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_start(
         orphan.write_bytes(b"half a checkpoint")
     kept = run_copy / "checkpoints" / "notes.tmp"
     kept.write_text("not rlgrad's")
+    (run_copy / "result.json").unlink()  # killed after its final checkpoint: a resume ends it
     code, _, err = cli("train", "--resume", run_copy, "--quiet")
     assert code == 0, err
     assert not [orphan for orphan in orphans if orphan.exists()]
@@ -385,3 +396,148 @@ def test_a_study_name_must_be_a_plain_folder_name(
 @pytest.mark.parametrize("name", ["pendulum", "sac vs ppo", "v1.2_run-3"])
 def test_plain_study_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert load_spec(write_study(tmp_path, name)).name == name
+
+
+# -- non-finite observations and rewards ------------------------------------------------------
+
+GLITCHY = "rlgrad-test/GlitchyPointMass-v0"
+
+
+class GlitchyPointMass(PointMassEnv):
+    """PointMass whose observation or reward (``what``) is NaN at its ``at``-th training step
+    (counted over the env's life) or, with ``in_eval``, at every step of an evaluation episode
+    (evaluation episodes are seeded far above the training seeds 0, 1, …)."""
+
+    def __init__(self, at: int = -1, what: str = "obs", in_eval: bool = False):
+        super().__init__()
+        self.at, self.what, self.in_eval = at, what, in_eval
+        self.steps, self.evaluating = 0, False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.evaluating = seed >= 1000
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if not self.evaluating:
+            self.steps += 1
+        glitch = self.in_eval if self.evaluating else self.steps == self.at
+        if glitch and self.what == "obs":
+            obs = np.full_like(obs, np.nan)
+        if glitch and self.what == "reward":
+            reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+gym.register(GLITCHY, entry_point=GlitchyPointMass, max_episode_steps=25)
+
+PPO_TINY = (
+    "train",
+    str(CONFIGS / "ppo_pendulum.yaml"),  # 4 envs, observations and rewards normalised
+    "total_steps=512",
+    "logging.wandb=disabled",
+    "logging.interval=64",
+    "agent.n_steps=32",
+    "agent.batch_size=64",
+    "agent.n_epochs=2",
+    "eval.episodes=2",
+    "eval.interval=0",
+)
+
+
+def finite(state: object) -> bool:
+    """Whether every float and floating tensor in a nested checkpoint structure is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, float):
+        return math.isfinite(state)
+    if isinstance(state, dict):
+        return all(finite(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return all(finite(v) for v in state)
+    return True
+
+
+@pytest.mark.parametrize(
+    ("agent", "what", "at", "dropped"),
+    [("sac", "obs", 137, 2), ("ppo", "obs", 37, 8), ("ppo", "reward", 37, 4)],
+    ids=["sac-obs", "ppo-obs", "ppo-reward"],
+)
+def test_a_nan_observation_or_reward_is_dropped_and_counted_not_learned(
+    cli: Cli, tmp_path: Path, agent: str, what: str, at: int, dropped: int
+) -> None:
+    """One NaN observation (or reward) at the ``at``-th step of each sub-env (after the first
+    logged training metrics), with observation (and
+    reward) normalisation: the normalisers, buffers and networks stay finite, the transitions
+    it is part of are dropped (an observation is in two: the step reaching it and the step
+    leaving it; PPO has 4 sub-envs), counted in env/nonfinite_transitions and warned about,
+    and the run ends with a finite result."""
+    run_dir = tmp_path / "run"
+    glitch = [f"env.id={GLITCHY}", f"env.kwargs={{at: {at}, what: {what}}}"]
+    if agent == "sac":
+        args = tiny_train_args(run_dir, *glitch, "env.normalize_obs=true", "logging.interval=50")
+    else:
+        args = [*PPO_TINY, *glitch, "--quiet", "--run-dir", str(run_dir)]
+    with pytest.warns(RuntimeWarning, match=f"env {GLITCHY}: non-finite observation or reward"):
+        code, out, err = cli(*args)
+    assert code == 0, err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert math.isfinite(result["eval_return_mean"]) and math.isfinite(result["eval_return_std"])
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    assert finite(checkpoint["agent"]) and finite(checkpoint["learner"])
+    normalisers = [w for w in checkpoint["envs"]["wrappers"] if "obs_rms" in w or "return_rms" in w]
+    assert normalisers and all(finite(w.get("obs_rms", w.get("return_rms"))) for w in normalisers)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    counted = [r["env/nonfinite_transitions"] for r in rows if "env/nonfinite_transitions" in r]
+    assert counted[0] == 0 and counted[-1] == dropped
+    assert all(r["learner/nonfinite_skips"] == 0 for r in rows if "learner/nonfinite_skips" in r)
+
+
+@pytest.mark.filterwarnings("ignore:.*The reward is a NaN value")  # gymnasium's env checker
+def test_a_non_finite_final_evaluation_is_an_error_not_a_result(cli: Cli, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(run_dir, f"env.id={GLITCHY}", "env.kwargs={in_eval: true, what: reward}")
+    code, out, err = cli(*args)
+    assert code == 1
+    assert_one_line_error(
+        err,
+        f"the final evaluation at step 300 on env {GLITCHY} gave non-finite returns [nan, nan]",
+        "no result.json was written",
+        f"the last good checkpoint is {run_dir / CHECKPOINT}",
+    )
+    assert not (run_dir / "result.json").exists()
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    assert checkpoint["global_step"] == 300 and checkpoint["loop"]["final_returns"] is None
+
+
+def test_no_checkpoint_is_written_from_non_finite_state(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor's weights turn NaN at step 150 (a bug, a bit flip): the checkpoint due at 200
+    is refused and the run stops with exit code 1; the one from step 100 stays."""
+    from rlgrad.agents.sac import Agent as SacAgent
+
+    update = SacAgent.update
+
+    def poisoned_update(self, global_step: int, measure: bool = False):
+        metrics = update(self, global_step, measure)
+        if global_step == 150:
+            with torch.no_grad():
+                next(self.actor.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(SacAgent, "update", poisoned_update)
+    run_dir = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN actions: NaN observations
+        code, out, err = cli(*tiny_train_args(run_dir, "checkpoint.interval=100"))
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(
+        "rlgrad: error: refusing to write a checkpoint at step 200: agent.actor."
+    )
+    assert "holds NaN or Inf" in line and f"last good checkpoint is {run_dir / CHECKPOINT}" in line
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    assert checkpoint["global_step"] == 100 and finite(checkpoint["agent"])
+    assert not (run_dir / "result.json").exists()

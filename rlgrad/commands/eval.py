@@ -34,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="evaluate a trained run on fresh episodes")
+    parser = commands.add_parser(
+        "eval",
+        help="evaluate a trained run on fresh episodes",
+        description="Rebuild a trained run's policy from its config and checkpoint (observation "
+        "normalisation included) and print its return, mean and standard deviation, over "
+        "fresh episodes.",
+        epilog="example: rlgrad eval runs/RUN_DIR --episodes 20 --seed 1",
+    )
     parser.add_argument("run_dir", help="a run directory written by rlgrad train")
     parser.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
     policy = parser.add_mutually_exclusive_group()
