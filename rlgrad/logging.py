@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
@@ -114,7 +116,14 @@ def resolve_wandb_mode(mode: str) -> str:
 
 
 class WandbSink:
-    """A W&B run in ``run_dir/wandb``; offline runs never block and can be ``wandb sync``-ed."""
+    """A W&B run in ``run_dir/wandb``; offline runs never block and can be ``wandb sync``-ed.
+
+    W&B's own console output stays off (``silent``); :meth:`location` is the one line rlgrad
+    prints instead: the run's URL online, its offline folder and the ``wandb sync`` command
+    offline. A resumed offline run writes a second ``offline-run-*`` folder with the same id
+    (wandb cannot append to the first one); ``wandb sync RUN_DIR/wandb/offline-run-*`` uploads
+    them in order of start time as one run, the later ones as resumptions of the first.
+    """
 
     def __init__(
         self,
@@ -128,7 +137,7 @@ class WandbSink:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.wandb = wandb
+        self.wandb, self.mode = wandb, mode
         self.run = wandb.init(
             mode=mode,
             dir=str(run_dir),
@@ -165,6 +174,14 @@ class WandbSink:
     def run_id(self) -> str:
         return self.run.id
 
+    def location(self) -> str:
+        """Where this run goes, for the console: ``W&B run: URL`` online, ``W&B offline run:
+        FOLDER (upload: wandb sync …)`` offline."""
+        if self.mode == "offline":  # run.url only warns offline
+            folder = Path(self.run.settings.sync_dir)
+            return f"W&B offline run: {folder} (upload: wandb sync {folder.parent}/offline-run-*)"
+        return f"W&B run: {self.run.url or 'no URL (not logged in?)'}"
+
     def write(self, metrics: Metrics, step: int) -> None:
         self.run.log({**metrics, "global_step": step})
 
@@ -172,43 +189,128 @@ class WandbSink:
         self.run.finish()
 
 
-class ProgressBar:
-    """A tqdm bar over environment steps showing steps/s and the last episodic return."""
+PLAIN_LINES_PER_RUN = 20  # a plain progress line every 5 % of total_steps
 
-    def __init__(self, total: int, initial: int = 0):
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` shows a live bar: a terminal, or a Jupyter kernel's output."""
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def make_progress(
+    total: int, initial: int = 0, stream: TextIO | None = None
+) -> ProgressBar | ProgressLog:
+    """A tqdm bar on a terminal; plain lines (no ``\\r`` frames) when the output is a file or a
+    pipe. ``stream`` defaults to stderr, where tqdm writes."""
+    stream = sys.stderr if stream is None else stream
+    if is_terminal(stream):
+        return ProgressBar(total, initial, stream)
+    return ProgressLog(total, initial, stream)
+
+
+def _postfix(last_return: float | None, last_eval: float | None) -> dict[str, str]:
+    shown = {"ret": last_return, "eval": last_eval}
+    return {key: f"{value:.1f}" for key, value in shown.items() if value is not None}
+
+
+class ProgressBar:
+    """A tqdm bar over environment steps: steps/s, the last episodic return (``ret``) and the
+    last evaluation's mean return (``eval``)."""
+
+    def __init__(self, total: int, initial: int = 0, stream: TextIO | None = None):
         self.bar = tqdm(
-            total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5
+            total=total,
+            initial=initial,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5,
+            file=stream,
         )
         self.position = initial
 
-    def advance(self, step: int, last_return: float | None) -> None:
-        if last_return is not None:
-            self.bar.set_postfix(ret=f"{last_return:.1f}", refresh=False)
+    def advance(self, step: int, last_return: float | None, last_eval: float | None) -> None:
+        postfix = _postfix(last_return, last_eval)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(step - self.position)
         self.position = step
 
-    def close(self) -> None:
+    def close(self, last_return: float | None = None, last_eval: float | None = None) -> None:
+        postfix = _postfix(last_return, last_eval)
+        if postfix:  # the final evaluation runs after the last step
+            self.bar.set_postfix(postfix, refresh=False)
         self.bar.close()
 
 
-class Logger:
-    """Fans each record out to its sinks; drives the progress bar."""
+class ProgressLog:
+    """The progress as plain lines, for logs: one every 5 % of ``total`` steps and one at the
+    end (after the final evaluation), e.g.
+    ``step 2000/20000 (10%), 145 steps/s, return -812.3, eval -640.1``; steps/s over the
+    steps since the previous line."""
 
-    def __init__(self, sinks: list[Sink], progress: ProgressBar | None = None):
+    def __init__(self, total: int, initial: int = 0, stream: TextIO | None = None):
+        self.total, self.stream = total, stream
+        self.every = max(1, math.ceil(total / PLAIN_LINES_PER_RUN))
+        self.position = self.shown = initial
+        self.position_time = self.shown_time = time.perf_counter()
+        self.shown_eval: float | None = None
+
+    def advance(self, step: int, last_return: float | None, last_eval: float | None) -> None:
+        before, self.position = self.position, step
+        self.position_time = time.perf_counter()
+        crossed = before // self.every != step // self.every
+        if crossed and step < self.total:  # the line at the end waits for the final evaluation
+            self._line(last_return, last_eval)
+
+    def close(self, last_return: float | None = None, last_eval: float | None = None) -> None:
+        if self.position != self.shown or last_eval != self.shown_eval:
+            self._line(last_return, last_eval)
+
+    def _line(self, last_return: float | None, last_eval: float | None) -> None:
+        parts = [f"step {self.position}/{self.total} ({100 * self.position // self.total}%)"]
+        if self.position > self.shown:
+            elapsed = max(self.position_time - self.shown_time, 1e-9)
+            parts.append(f"{(self.position - self.shown) / elapsed:.0f} steps/s")
+        if last_return is not None:
+            parts.append(f"return {last_return:.1f}")
+        if last_eval is not None:
+            parts.append(f"eval {last_eval:.1f}")
+        print(", ".join(parts), file=self.stream or sys.stderr, flush=True)
+        self.shown, self.shown_time = self.position, self.position_time
+        self.shown_eval = last_eval
+
+
+class Logger:
+    """Fans each record out to its sinks; drives the progress bar (or plain progress lines)."""
+
+    def __init__(self, sinks: list[Sink], progress: ProgressBar | ProgressLog | None = None):
         self.sinks, self.progress = sinks, progress
         self.last_return: float | None = None
+        self.last_eval: float | None = None  # the last evaluation's mean return
 
     def log(self, metrics: Metrics, step: int) -> None:
         if not metrics:
             return
         if "charts/episodic_return" in metrics:
             self.last_return = metrics["charts/episodic_return"]
+        if "eval/return_mean" in metrics:
+            self.last_eval = metrics["eval/return_mean"]
         for sink in self.sinks:
             sink.write(metrics, step)
 
+    def locations(self) -> list[str]:
+        """Where the sinks write beyond the run directory, one line each (W&B)."""
+        return [sink.location() for sink in self.sinks if isinstance(sink, WandbSink)]
+
     def state_dict(self) -> dict[str, Any]:
-        """Where a resumed run must pick up: the JSONL length, the W&B run id, the last return."""
-        state: dict[str, Any] = {"last_return": self.last_return}
+        """Where a resumed run must pick up: the JSONL length, the W&B run id, the last return
+        and evaluation."""
+        state: dict[str, Any] = {"last_return": self.last_return, "last_eval": self.last_eval}
         for sink in self.sinks:
             if isinstance(sink, JsonlSink):
                 state["jsonl_bytes"] = sink.position()
@@ -218,11 +320,11 @@ class Logger:
 
     def advance(self, step: int) -> None:
         if self.progress is not None:
-            self.progress.advance(step, self.last_return)
+            self.progress.advance(step, self.last_return, self.last_eval)
 
     def close(self) -> None:
         if self.progress is not None:
-            self.progress.close()
+            self.progress.close(self.last_return, self.last_eval)
         for sink in self.sinks:
             sink.close()
 

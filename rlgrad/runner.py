@@ -29,6 +29,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -57,10 +58,10 @@ from rlgrad.learner import Learner, NonFiniteError
 from rlgrad.logging import (
     JsonlSink,
     Logger,
-    ProgressBar,
     Sink,
     TensorBoardSink,
     WandbSink,
+    make_progress,
     resolve_wandb_mode,
 )
 from rlgrad.rng import load_rng_state, rng_state, seed_everything
@@ -226,9 +227,10 @@ def build_logger(
         for sink in sinks:
             sink.close()
         raise
-    progress = None if quiet else ProgressBar(cfg.total_steps, initial=start)
+    progress = None if quiet else make_progress(cfg.total_steps, initial=start)
     logger = Logger(sinks, progress)
     logger.last_return = logger_state.get("last_return")
+    logger.last_eval = logger_state.get("last_eval")
     return logger
 
 
@@ -456,6 +458,9 @@ def _train(
             (run_dir / RESULT_FILE).unlink(missing_ok=True)
         if not quiet:
             print(f"rlgrad: {cfg.agent.name} on {cfg.env.id} into {run_dir} (kernels: {kernels})")
+            for line in logger.locations():  # where W&B writes; nothing when it is disabled
+                print(f"rlgrad: {line}")
+            sys.stdout.flush()  # now, though stdout piped to a log file is block-buffered
     except BaseException:
         if logger is not None:
             logger.close()

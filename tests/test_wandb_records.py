@@ -31,10 +31,12 @@ from wandb_records import (  # noqa: E402
     MIDDLE,
     WandbLogError,
     find_run_file,
+    find_run_files,
     history_rows,
     iter_payloads,
     read_records,
     run_info,
+    run_record,
     wait_for_exit_record,
 )
 
@@ -259,6 +261,41 @@ def test_large_records_span_blocks(offline_wandb: Path) -> None:
     assert path.stat().st_size > 4 * BLOCK_SIZE
     assert run_info(path)["config"] == {"blob": big}
     assert history_rows(path) == [{"text": big[i:], "x": i, "_step": i} for i in range(3)]
+
+
+def test_a_resumed_offline_run_is_a_second_folder_with_the_same_id(offline_wandb: Path) -> None:
+    """Offline, ``wandb.init(id=ID, resume="allow")`` cannot append to the first folder: it
+    writes another one (same second: a ``-1`` suffix) whose run record says ``resume``.
+    ``wandb sync`` uploads the files of one id in order of start time, as one run;
+    find_run_files gives that order, and the rows taken in it are each logged step once."""
+    for steps, resume in (([0, 1, 2], None), ([3, 4], "allow")):
+        run = wandb.init(
+            dir=offline_wandb,
+            project="rlgrad-test",
+            id="resumed1",
+            resume=resume,
+            settings=fast_offline_settings(),
+        )
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        for step in steps:
+            run.log({"global_step": step, "x": float(step)})
+        run.finish()
+    for path in offline_wandb.rglob("offline-run-*/run-*.wandb"):
+        wait_for_exit_record(path)  # finish() may return before the file is flushed
+    files = find_run_files(offline_wandb)
+    assert len(files) == 2 and all(p.parent.name.startswith("offline-run-") for p in files)
+    with pytest.raises(ValueError, match="2 offline"):
+        find_run_file(offline_wandb)
+    first, second = map(run_record, files)
+    assert first.run_id == second.run_id == "resumed1"
+    assert (first.resume, second.resume) == (False, True)
+    assert first.start_time.ToNanoseconds() <= second.start_time.ToNanoseconds()
+    rows = [row for path in files for row in history_rows(path)]
+    assert [(row["global_step"], row["_step"]) for row in rows] == [
+        (0, 0), (1, 1), (2, 2), (3, 0), (4, 1),  # W&B's _step restarts in the second folder
+    ]  # fmt: skip
+    assert find_run_files(files[1].parent) == [files[1]]
 
 
 # --- Framing edge cases on synthetic files (an independent minimal writer of the format) ---

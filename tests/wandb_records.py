@@ -43,10 +43,12 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 __all__ = [
     "WandbLogError",
     "find_run_file",
+    "find_run_files",
     "history_rows",
     "iter_payloads",
     "read_records",
     "run_info",
+    "run_record",
     "wait_for_exit_record",
 ]
 
@@ -190,6 +192,35 @@ def find_run_file(wandb_dir: str | Path) -> Path:
         listing = "\n  ".join(str(p) for p in found)
         raise ValueError(f"{len(found)} offline W&B run files under {root}:\n  {listing}")
     return found[0]
+
+
+def find_run_files(wandb_dir: str | Path) -> list[Path]:
+    """Every ``offline-run-*/run-*.wandb`` file at any depth under ``wandb_dir``, in the order
+    ``wandb sync`` uploads the files of one run: by the start time in their ``run`` record.
+
+    A resumed offline run writes a second folder with the same run id (``offline-run-<time>-<id>``,
+    with a ``-1`` suffix when both started in the same second), so folder names alone do not
+    give the order. Read the files once their runs have finished (:func:`wait_for_exit_record`):
+    a file still being written may not hold its ``run`` record yet. Raises
+    ``FileNotFoundError`` if there is none.
+    """
+    root = Path(wandb_dir)
+    found = {p.resolve() for p in root.rglob("offline-run-*/run-*.wandb") if p.is_file()}
+    if root.name.startswith("offline-run-"):
+        found |= {p.resolve() for p in root.glob("run-*.wandb") if p.is_file()}
+    if not found:
+        raise FileNotFoundError(f"no offline-run-*/run-*.wandb file under {root}")
+    start = {path: run_record(path).start_time.ToNanoseconds() for path in found}
+    return sorted(found, key=lambda path: (start[path], str(path)))
+
+
+def run_record(path: str | Path) -> pb.RunRecord:
+    """The file's first ``run`` record: ``run_id``, ``start_time``, and ``resume`` (true when
+    ``wandb.init`` was called with ``resume="allow"`` or ``"must"``, as a resumed run is)."""
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    raise WandbLogError(f"no run record in {path}")
 
 
 def _item_key(item: pb.HistoryItem | pb.ConfigItem) -> str:
