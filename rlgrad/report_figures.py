@@ -1,23 +1,41 @@
-"""The report's figures: one column per env, one colour per estimator, mean and 95 % band.
+"""The report's figures: one column per env, one colour per estimator.
 
-Each seed's curve is interpolated onto a common grid of environment steps (only within the
-steps it covers); the band is mean ± t(0.975, n−1)·std/√n over the seeds present at each step.
-Gradient statistics are averaged in log10, so their band is a geometric one.
+From ``MIN_BAND_SEEDS`` seeds on, each estimator is one line, the mean over its seeds, with a
+95 % band: each seed's curve is interpolated onto a common grid of environment steps (only
+within the steps it covers) and the band is mean ± t(0.975, n−1)·std/√n over the seeds present
+at each step. With fewer seeds a band says nothing, so each seed's own curve is drawn (one line
+per seed, the estimator's colour). Gradient statistics are averaged in log10, so their band is
+a geometric one. On log axes only major ticks are labelled: decades (at most
+``MAX_LOG_TICKS``), or a few round numbers when the axis spans less than a decade.
+
+``profiles.png`` draws the performance profiles ``rlgrad.report`` computes with rliable.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 from scipy import stats
 
-from rlgrad.report import EPISODE_KEY, EVAL_KEY, RATIO_KEY, Run
+from rlgrad.report import AUC_METRIC, EPISODE_KEY, EVAL_KEY, FINAL_METRIC, RATIO_KEY, Run
+
+if TYPE_CHECKING:
+    from rlgrad.report import EnvResult
 
 PANEL_INCHES = (5.0, 3.5)
 DPI = 100
@@ -25,6 +43,10 @@ GRID_POINTS = 200
 EPISODE_WINDOW = 10
 """Training episodic returns are smoothed by a trailing mean over this many episodes."""
 LINESTYLES = {"pathwise": "-", "score": "--"}
+MIN_BAND_SEEDS = 3
+"""With fewer seeds than this, each seed is drawn as its own line instead of a mean and band."""
+MAX_LOG_TICKS = 5
+"""At most this many labelled decades on a log axis."""
 
 Groups = dict[str, dict[str, list[Run]]]
 Series = Callable[[Run], tuple[np.ndarray, np.ndarray]]
@@ -44,20 +66,36 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[end] - sums[start]) / (end - start)
 
 
+def _prepared(run: Run, series: Series, log: bool, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run's finite (and, for ``log``, positive) points, in log10 for ``log``, smoothed."""
+    steps, values = series(run)
+    keep = np.isfinite(values) & ((values > 0) if log else True)
+    steps, values = steps[keep], values[keep]
+    if len(steps) == 0:
+        return steps, values
+    values = np.log10(values) if log else values
+    if window > 1:
+        values = _trailing_mean(values, window)
+    return steps, values
+
+
+def seed_curve(
+    run: Run, series: Series, log: bool = False, window: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's own (steps, values) as drawn: finite points, smoothed over ``window``."""
+    steps, values = _prepared(run, series, log, window)
+    return steps, (10**values if log else values)
+
+
 def seed_band(
     runs: list[Run], series: Series, grid: np.ndarray, log: bool = False, window: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, low, high) over seeds of ``series`` on ``grid``; NaN where no seed has data."""
     curves = np.full((len(runs), len(grid)), np.nan)
     for i, run in enumerate(runs):
-        steps, values = series(run)
-        keep = np.isfinite(values) & ((values > 0) if log else True)
-        steps, values = steps[keep], values[keep]
+        steps, values = _prepared(run, series, log, window)
         if len(steps) == 0:
             continue
-        values = np.log10(values) if log else values
-        if window > 1:
-            values = _trailing_mean(values, window)
         inside = (grid >= steps[0]) & (grid <= steps[-1])
         curves[i, inside] = np.interp(grid[inside], steps, values)
     count = np.sum(np.isfinite(curves), axis=0)
@@ -81,17 +119,64 @@ def step_grid(runs: list[Run], series: Series) -> np.ndarray:
     return steps
 
 
+def _plot_seeds(
+    ax: Axes,
+    runs: list[Run],
+    series: Series,
+    color: str,
+    label: str,
+    linestyle: str = "-",
+    log: bool = False,
+    window: int = 1,
+) -> bool:
+    """One line per seed (gid ``label``), the legend naming the estimator once."""
+    drew = False
+    legend = f"{label} ({len(runs)} seed{'s' if len(runs) != 1 else ''}, each drawn)"
+    for run in runs:
+        steps, values = seed_curve(run, series, log=log, window=window)
+        if len(steps) == 0:
+            continue
+        marker = "o" if len(steps) <= 30 else None
+        ax.plot(
+            steps,
+            values,
+            color=color,
+            linestyle=linestyle,
+            label="_nolegend_" if drew else legend,
+            lw=1.0,
+            marker=marker,
+            ms=2.5,
+            alpha=0.85,
+            gid=label,
+        )
+        drew = True
+    return drew
+
+
 def _plot_band(
     ax: Axes, runs: list[Run], series: Series, color: str, label: str, **kwargs: Any
 ) -> bool:
-    """One line with its band; False when no run records ``series``."""
+    """One line with its band, or one line per seed with fewer than ``MIN_BAND_SEEDS``; False
+    when no run records ``series``."""
+    if len(runs) < MIN_BAND_SEEDS:
+        return _plot_seeds(ax, runs, series, color, label, **kwargs)
     grid = step_grid(runs, series)
     if len(grid) == 0:
         return False
     linestyle = kwargs.pop("linestyle", "-")
     mean, low, high = seed_band(runs, series, grid, **kwargs)
     marker = "o" if len(grid) <= 30 else None
-    ax.plot(grid, mean, color=color, linestyle=linestyle, label=label, lw=1.5, marker=marker, ms=3)
+    ax.plot(
+        grid,
+        mean,
+        color=color,
+        linestyle=linestyle,
+        label=label,
+        lw=1.5,
+        marker=marker,
+        ms=3,
+        gid=label,
+    )
     ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
     return True
 
@@ -107,6 +192,30 @@ def wide_budgets(by_label: dict[str, list[Run]]) -> bool:
     return max(budgets) >= 5 * max(min(budgets), 1)
 
 
+def plain_number(value: float, _: Any = None) -> str:
+    """A tick label in plain notation (300, 0.96, 2000), or m×10^e outside [0.001, 100000)."""
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.6g}"
+    exponent = math.floor(math.log10(abs(value)))
+    return rf"${value / 10**exponent:.3g}\times10^{{{exponent}}}$"
+
+
+def tidy_log_axis(axis: Axis, low: float, high: float) -> None:
+    """Label only major ticks of a log axis spanning [low, high], so that labels never run
+    into each other: at most ``MAX_LOG_TICKS`` decades (10², 10⁴, …) when it spans a decade or
+    more; else a few round numbers in plain notation (300, 400, 600). Minor ticks stay,
+    unlabelled."""
+    decades = np.log10(high / low) if 0 < low < high else 0.0
+    if decades >= 1:
+        axis.set_major_locator(LogLocator(base=10, numticks=MAX_LOG_TICKS))
+        axis.set_major_formatter(LogFormatterSciNotation(base=10))
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
+        axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _finish(
     ax: Axes, title: str, ylabel: str, drew: bool, log: bool = False, log_x: bool = False
 ) -> None:
@@ -117,8 +226,10 @@ def _finish(
     if drew:
         if log:
             ax.set_yscale("log")
+            tidy_log_axis(ax.yaxis, *ax.get_ylim())
         if log_x:
             ax.set_xscale("log")
+            tidy_log_axis(ax.xaxis, *ax.get_xlim())
         ax.legend(fontsize=6)
     else:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
@@ -138,7 +249,7 @@ def _grad(estimator: str, statistic: str) -> Series:
     return lambda run: run.grad_series(estimator, statistic)
 
 
-def plot_returns(groups: Groups, labels: list[str], path: Path) -> Path:
+def returns_figure(groups: Groups, labels: list[str]) -> Figure:
     """Eval return (top) and smoothed training episodic return (bottom) against steps."""
     fig, axes = _new_figure(len(groups), 2)
     colors = _colors(labels)
@@ -151,11 +262,10 @@ def plot_returns(groups: Groups, labels: list[str], path: Path) -> Path:
                 for label, runs in by_label.items()
             ]
             _finish(ax, f"{env}: {name}", name, any(drew), log_x=wide_budgets(by_label))
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
 
 
-def plot_gradients(groups: Groups, labels: list[str], path: Path) -> Path:
+def gradients_figure(groups: Groups, labels: list[str]) -> Figure:
     """Per-sample gradient variance and SNR of each measured estimator (solid: pathwise,
     dashed: score) and the score/pathwise variance ratio, all on log scales."""
     fig, axes = _new_figure(len(groups), 3)
@@ -195,5 +305,61 @@ def plot_gradients(groups: Groups, labels: list[str], path: Path) -> Path:
         ]
         title = f"{env}: variance ratio score / pathwise"
         _finish(ax, title, "ratio", any(drew), True, wide_budgets(by_label))
+    return fig
+
+
+def profiles_figure(envs: list[EnvResult], labels: list[str]) -> Figure:
+    """Performance profiles of final eval return (top) and AUC (bottom): per estimator the
+    fraction of its runs above each τ, with the 95 % bootstrap band (rliable)."""
+    fig, axes = _new_figure(len(envs), 2)
+    colors = _colors(labels)
+    for col, result in enumerate(envs):
+        for row, metric in enumerate((FINAL_METRIC, AUC_METRIC)):
+            ax = axes[row, col]
+            profiles = result.profiles.get(metric, {})
+            for label, profile in profiles.items():
+                ax.plot(
+                    profile.taus,
+                    profile.value,
+                    color=colors[label],
+                    label=label,
+                    lw=1.5,
+                    drawstyle="steps-post",
+                    gid=label,
+                )
+                ax.fill_between(
+                    profile.taus,
+                    profile.low,
+                    profile.high,
+                    color=colors[label],
+                    alpha=0.2,
+                    linewidth=0,
+                    step="post",
+                )
+            ax.set_title(f"{result.env}: performance profile, {metric}", fontsize=9)
+            ax.set_xlabel(f"{metric} τ", fontsize=8)
+            ax.set_ylabel("fraction of runs > τ", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_ylim(-0.02, 1.02)
+            if profiles:
+                ax.legend(fontsize=6)
+            else:
+                ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def plot_returns(groups: Groups, labels: list[str], path: Path) -> Path:
+    return _save(returns_figure(groups, labels), path)
+
+
+def plot_gradients(groups: Groups, labels: list[str], path: Path) -> Path:
+    return _save(gradients_figure(groups, labels), path)
+
+
+def plot_profiles(envs: list[EnvResult], labels: list[str], path: Path) -> Path:
+    return _save(profiles_figure(envs, labels), path)

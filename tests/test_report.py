@@ -1,28 +1,64 @@
-"""``rlgrad report``: the table's statistics on hand-made runs whose answers are known."""
+"""``rlgrad report``: the table's statistics on hand-made runs whose answers are known; the
+rliable estimates against rliable itself; which runs are pooled; what the figures draw."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import assert_one_line_error, run_cli
+from matplotlib.axis import Axis
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
 
-from rlgrad.report import read_runs, write_report
-from rlgrad.report_figures import figure_pixels
+import rlgrad.report as report_module
+from rlgrad.report import (
+    BOOTSTRAP_REPS,
+    BOOTSTRAP_SEED,
+    group_runs,
+    pooled_config,
+    profile_taus,
+    read_runs,
+    separate_unlike_runs,
+    write_report,
+)
+from rlgrad.report_figures import figure_pixels, gradients_figure, returns_figure
 from rlgrad.study_spec import SPEC_FILE
+
+QUICK_REPS = 200
+
+
+@pytest.fixture(autouse=True)
+def quick_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer bootstrap resamples than a real report (rliable's bootstrap is a Python loop);
+    tests that check the intervals pass ``reps=BOOTSTRAP_REPS`` themselves."""
+    monkeypatch.setattr(report_module, "BOOTSTRAP_REPS", QUICK_REPS)
 
 
 def make_run(
-    root: Path, label: str, env: str, seed: int, rows: list[dict], finished: bool = True
+    root: Path,
+    label: str | None,
+    env: str,
+    seed: int,
+    rows: list[dict],
+    finished: bool = True,
+    config: dict | None = None,
+    folder: str | None = None,
 ) -> Path:
-    """A run directory as the runner leaves it (only the keys the report reads)."""
-    run_dir = root / "runs" / env / label / f"seed{seed}"
+    """A run directory as the runner leaves it (only the keys the report reads, plus
+    ``config``'s sections): ``logging.job_type`` = ``label`` (None: unset, as ``rlgrad train``
+    leaves it), in ``root/runs/<env>/<label>/seed<k>`` unless ``folder`` is given."""
+    run_dir = root / (folder or f"runs/{env}/{label}/seed{seed}")
     run_dir.mkdir(parents=True)
-    config = {"agent": {"name": "sac"}, "env": {"id": env}, "seed": seed}
-    config["logging"] = {"job_type": label}
+    extra = json.loads(json.dumps(config or {}))  # a copy: callers reuse theirs
+    config = {"agent": {"name": "sac"}, "env": {"id": env}, "seed": seed, **extra}
+    config.setdefault("logging", {})["job_type"] = label
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     if finished:
@@ -40,6 +76,13 @@ def table(report: str, env: str) -> dict[str, dict[str, str]]:
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def interval(cell: str) -> tuple[float, float, float]:
+    """``"v [low, high]"`` → (v, low, high)."""
+    match = re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell)
+    assert match, cell
+    return float(match[1]), float(match[2]), float(match[3])
 
 
 @pytest.fixture
@@ -97,6 +140,17 @@ def test_table_statistics(study: Path) -> None:
     assert "steps to" not in " ".join(b["sac"])  # no threshold for B
     assert b["sac"]["final eval return"] == "7 ± 0"
     assert b["sac"]["AUC (mean return)"] == "7"
+    # IQMs (2 seeds: the mean; rliable's own numbers are checked below) within the seeds' range
+    for cell, lowest, highest in (
+        (sac["final return IQM [95% CI]"], -4, 0),
+        (sac["AUC IQM [95% CI]"], -11, -5),
+        (ppo["final return IQM [95% CI]"], -6, -2),
+    ):
+        value, low, high = interval(cell)
+        assert lowest <= low <= value <= high <= highest
+    assert sac["final return IQM [95% CI]"].startswith("-2 [")
+    assert b["sac"]["final return IQM [95% CI]"] == "7 [7, 7]"  # one seed
+    assert "## Probability of improvement" in text and "| A | sac | ppo |" in text
 
 
 def test_threshold_from_the_command_line(study: Path) -> None:
@@ -138,3 +192,279 @@ def test_report_needs_finished_runs(tmp_path: Path) -> None:
     code, _, err = run_cli("report", tmp_path / "missing")
     assert code == 2
     assert_one_line_error(err, "no such study folder")
+
+
+# ---- rliable: the report's estimates are rliable's on the same numbers ----------------------
+
+FINALS = {  # in the report's order (no study.yaml: alphabetical)
+    "pathwise": [1.0, 2.0, 3.0, 4.0, 100.0],
+    "ppo": [-3.0, 8.0],
+    "score": [0.0, 1.5, 2.5, 5.0, 6.0],
+}
+
+
+@pytest.fixture
+def scored(tmp_path: Path) -> Path:
+    """One env, three estimators (5, 5 and 2 seeds) whose final and AUC returns are known:
+    evaluations at steps 0 and 100 of (0, final) give AUC = final / 2."""
+    for label, finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            make_run(tmp_path, label, "E", seed, evals([0, 100], [0.0, final]))
+    return tmp_path
+
+
+def rliable_estimates(scores: dict[str, list[float]], reps: int) -> tuple[dict, dict]:
+    """rliable called directly: IQM point estimates and 95 % intervals, as its README does."""
+    from rliable import library, metrics
+
+    matrices = {label: np.asarray(v, dtype=float).reshape(-1, 1) for label, v in scores.items()}
+    np.random.seed(BOOTSTRAP_SEED)
+    return library.get_interval_estimates(
+        matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+    )
+
+
+def test_iqm_and_intervals_equal_rliable_on_the_same_scores(scored: Path) -> None:
+    from rliable import library, metrics
+
+    assert BOOTSTRAP_REPS == 2000  # a real report's resamples (here fewer, to be quick)
+    state = np.random.get_state()
+    report = write_report(scored)
+    assert report.reps == QUICK_REPS
+    after = np.random.get_state()
+    assert all(np.array_equal(a, b) for a, b in zip(state[1:], after[1:], strict=True))
+    rows = {s.label: s for s in report.stats}
+    assert rows["pathwise"].final_iqm.value == 3.0  # trims 1 and 100: the mean of 2, 3, 4
+    assert rows["ppo"].final_iqm.value == 2.5  # 2 seeds: nothing trimmed
+
+    points, intervals = rliable_estimates(FINALS, QUICK_REPS)
+    text = table(report.path.read_text(), "E")
+    for label in FINALS:
+        iqm = rows[label].final_iqm
+        assert iqm.value == pytest.approx(points[label][0], abs=1e-12)
+        assert (iqm.low, iqm.high) == pytest.approx(tuple(intervals[label][:, 0]), abs=1e-12)
+        low, high = intervals[label][:, 0]
+        cell = f"{points[label][0]:.4g} [{low:.4g}, {high:.4g}]"
+        assert text[label]["final return IQM [95% CI]"] == cell
+    aucs = {label: [final / 2 for final in finals] for label, finals in FINALS.items()}
+    points, intervals = rliable_estimates(aucs, QUICK_REPS)
+    for label in FINALS:
+        iqm = rows[label].auc_iqm
+        assert iqm.value == pytest.approx(points[label][0], abs=1e-12)
+        assert (iqm.low, iqm.high) == pytest.approx(tuple(intervals[label][:, 0]), abs=1e-12)
+
+    # probability of improvement: each pair once, in the report's (here alphabetical) order
+    arrays = {label: np.asarray(v).reshape(-1, 1) for label, v in FINALS.items()}
+    pairs = {(x, y): (arrays[x], arrays[y]) for x, y in combinations(FINALS, 2)}
+    np.random.seed(BOOTSTRAP_SEED)
+    points, intervals = library.get_interval_estimates(
+        pairs,
+        lambda x, y: np.array([metrics.probability_of_improvement(x, y)]),
+        reps=QUICK_REPS,
+    )
+    assert [(imp.x, imp.y) for imp in report.improvements] == list(pairs)
+    section = report.path.read_text().split("## Probability of improvement\n", 1)[1]
+    cells = [line.strip("|").split("|") for line in section.splitlines() if line[:1] == "|"]
+    shown = {(x.strip(), y.strip()): p.strip() for _, x, y, p in cells[2:]}
+    for imp in report.improvements:
+        assert imp.estimate.value == pytest.approx(points[imp.x, imp.y][0], abs=1e-12)
+        low, high = intervals[imp.x, imp.y][:, 0]
+        assert (imp.estimate.low, imp.estimate.high) == pytest.approx((low, high), abs=1e-12)
+        assert shown[imp.x, imp.y] == f"{points[imp.x, imp.y][0]:.4g} [{low:.4g}, {high:.4g}]"
+    # pathwise beats score in 14 of 25 pairings (1 > 0; 2 > 0, 1.5; 3 and 4 > three; 100 > all)
+    assert shown["pathwise", "score"].startswith(f"{14 / 25:.4g} [")
+
+
+def test_profiles_equal_rliable_score_distributions(scored: Path) -> None:
+    """The report's vectorized profile function gives rliable's own score distributions, with
+    the same bootstrap bands."""
+    from rliable import library
+
+    report = write_report(scored)
+    (result,) = report.envs
+    profiles = result.profiles["final eval return"]
+    taus = profile_taus(FINALS)
+    matrices = {label: np.asarray(v, dtype=float).reshape(-1, 1) for label, v in FINALS.items()}
+    np.random.seed(BOOTSTRAP_SEED)
+    values, bands = library.create_performance_profile(matrices, taus, reps=QUICK_REPS)
+    for label in FINALS:
+        assert np.array_equal(profiles[label].taus, taus)
+        assert np.allclose(profiles[label].value, values[label])
+        assert np.allclose(profiles[label].low, bands[label][0])
+        assert np.allclose(profiles[label].high, bands[label][1])
+    assert profiles["pathwise"].value[0] == 1.0 and profiles["pathwise"].value[-1] == 0.0
+
+
+def test_the_report_is_deterministic(scored: Path) -> None:
+    first = write_report(scored).path.read_text()
+    np.random.seed(12345)  # whatever the caller's generator holds
+    assert write_report(scored).path.read_text() == first
+
+
+def test_a_run_that_never_evaluated_has_no_score(tmp_path: Path) -> None:
+    make_run(tmp_path, "sac", "E", 0, evals([0, 100], [0.0, 4.0]))
+    make_run(tmp_path, "sac", "E", 1, [{"global_step": 10, "charts/episodic_return": 1.0}])
+    make_run(tmp_path, "ppo", "E", 0, [{"global_step": 10, "charts/episodic_return": 1.0}])
+    report = write_report(tmp_path)
+    rows = {s.label: s for s in report.stats}
+    assert rows["sac"].final_iqm.value == 4.0  # of the one seed that evaluated
+    assert rows["ppo"].final_iqm is None and report.improvements == []
+    assert table(report.path.read_text(), "E")["ppo"]["final return IQM [95% CI]"] == "–"
+
+
+# ---- which runs are pooled -------------------------------------------------------------------
+
+
+def test_pooled_config_ignores_seed_name_and_logging() -> None:
+    config = {
+        "agent": {"name": "sac", "lr": 0.001, "hidden_sizes": [32, 32]},
+        "env": {"id": "E", "kwargs": {}},
+        "seed": 3,
+        "name": "study/sac/E/seed3",
+        "logging": {"group": "g", "job_type": "sac", "tags": ["a"]},
+    }
+    assert pooled_config(config) == {
+        "agent.name": "sac",
+        "agent.lr": 0.001,
+        "agent.hidden_sizes": [32, 32],
+        "env.id": "E",
+        "env.kwargs": {},
+    }
+
+
+def test_runs_whose_configs_differ_are_reported_apart(tmp_path: Path) -> None:
+    """A folder of unrelated ``rlgrad train`` runs: all labelled ``sac`` (no job type), two
+    learning rates with seeds 0 and 1 each, and a name/logging difference that is no reason to
+    split."""
+    for lr, finals in ((0.001, [1.0, 3.0]), (0.01, [10.0, 30.0])):
+        for seed, final in enumerate(finals):
+            config = {"agent": {"name": "sac", "lr": lr}, "name": f"mine-{lr}-{seed}"}
+            config["logging"] = {"group": f"g{seed}", "tags": [str(seed)]}
+            make_run(tmp_path, None, "E", seed, evals([0, 100], [0, final]), config=config,
+                     folder=f"lr{lr}-seed{seed}")  # fmt: skip
+    code, out, err = run_cli("report", tmp_path)
+    assert code == 0, err
+    assert "(2 estimator/env groups)" in out
+    text = (tmp_path / "report.md").read_text()
+    rows = table(text, "E")
+    assert list(rows) == ["sac[agent.lr=0.001]", "sac[agent.lr=0.01]"]
+    assert rows["sac[agent.lr=0.001]"]["seeds"] == "2"
+    assert rows["sac[agent.lr=0.001]"]["final eval return"] == "2 ± 1.414"
+    assert rows["sac[agent.lr=0.01]"]["final eval return"] == "20 ± 14.14"
+    assert "Runs labelled `sac` on E differ in more than their seed (agent.lr)" in text
+
+
+def test_runs_alike_but_for_the_seed_are_pooled(tmp_path: Path) -> None:
+    runs = []
+    for seed in (0, 1, 2):
+        config = {"agent": {"name": "sac", "lr": 0.001}, "name": f"n{seed}"}
+        config["logging"] = {"tags": [f"t{seed}"], "project": f"p{seed}"}
+        make_run(tmp_path, None, "E", seed, evals([0, 100], [0, seed]), config=config,
+                 folder=f"r{seed}")  # fmt: skip
+    runs, _ = read_runs(tmp_path)
+    assert separate_unlike_runs(runs) == []
+    assert {r.label for r in runs} == {"sac"}
+    assert [r.seed for r in group_runs(runs)["E"]["sac"]] == [0, 1, 2]
+
+
+def test_one_seed_twice_is_refused(tmp_path: Path) -> None:
+    config = {"agent": {"name": "sac", "lr": 0.001}}
+    make_run(tmp_path, None, "E", 0, evals([0, 100], [0, 1.0]), config=config, folder="first")
+    make_run(tmp_path, None, "E", 0, evals([0, 100], [0, 2.0]), config=config, folder="again")
+    make_run(tmp_path, None, "E", 1, evals([0, 100], [0, 3.0]), config=config, folder="other")
+    code, out, err = run_cli("report", tmp_path)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "one run twice", "seed 0", "a seed counts once")
+    assert str(tmp_path / "first") in err and str(tmp_path / "again") in err
+    assert not (tmp_path / "report.md").exists()
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+
+def test_two_seeds_draw_one_line_per_seed(tmp_path: Path) -> None:
+    """Fewer than 3 seeds: each seed's own curve and no band; 3 seeds: a mean and a band."""
+    sac = {0: [-10.0, -5.0, 0.0], 1: [-20.0, -10.0, -4.0]}
+    for seed, values in sac.items():
+        make_run(tmp_path, "sac", "A", seed, evals([100, 200, 300], values))
+    for seed in range(3):
+        make_run(tmp_path, "ppo", "A", seed, evals([100, 200, 300], [-9.0, -6.0, -3.0 + seed]))
+    runs, _ = read_runs(tmp_path)
+    groups = group_runs(runs, ["sac", "ppo"])
+    fig = returns_figure(groups, ["sac", "ppo"])
+    ax = fig.axes[0]  # A: eval return
+    lines = [line for line in ax.lines if line.get_gid() == "sac"]
+    assert len(lines) == 2
+    for seed, line in enumerate(lines):
+        assert list(line.get_xdata()) == [100, 200, 300]
+        assert list(line.get_ydata()) == sac[seed]
+    assert len({line.get_color() for line in lines}) == 1
+    assert len([line for line in ax.lines if line.get_gid() == "ppo"]) == 1  # the mean
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1  # ppo's; none for sac
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["sac (2 seeds, each drawn)", "ppo"]
+
+
+def visible_tick_labels(axis: Axis, renderer: object) -> list[tuple[str, object]]:
+    """(text, window extent) of every labelled tick inside the axis' view."""
+    low, high = sorted(axis.get_view_interval())
+    labelled = []
+    for ticks in (axis.get_major_ticks(), axis.get_minor_ticks()):
+        for tick in ticks:
+            text = tick.label1.get_text()
+            if tick.label1.get_visible() and text and low <= tick.get_loc() <= high:
+                labelled.append((text, tick.label1.get_window_extent(renderer)))
+    return labelled
+
+
+def test_log_axis_tick_labels_do_not_overlap(tmp_path: Path) -> None:
+    """Gradient statistics spanning a fraction of a decade (the 300-800 that gave
+    "3×10²4×10²6×10²"), a few decades, eight decades; and a log step axis."""
+    spans = {"A": (300, 800), "B": (250, 300), "C": (5, 5000), "D": (1e-3, 1e5), "F": (0.9, 1.1)}
+    for env, (low, high) in spans.items():
+        values = np.geomspace(low, high, 10)
+        for seed in range(2):
+            rows = [
+                {"global_step": step, "grad/pathwise/variance": v, "grad/pathwise/snr": 1 / v}
+                for step, v in zip(range(100, 1100, 100), values, strict=True)
+            ]
+            rows += [{"global_step": 1000, "grad/variance_ratio_score_over_pathwise": high}]
+            make_run(tmp_path, "sac", env, seed, rows + evals([100, 1000], [0, 1]))
+    for seed in range(3):  # W: 1000 and 200000 steps, so steps are on a log axis
+        make_run(tmp_path, "sac", "W", seed, evals([300, 600, 1000], [0, 1, 2]))
+        steps = [2000, 20_000, 60_000, 200_000]
+        ppo = [
+            {"global_step": s, "grad/score/variance_per_step": 450 + s / 1000}
+            | {"grad/score/snr_per_step": 0.3 + s / 1e6}
+            for s in steps
+        ]
+        make_run(tmp_path, "ppo", "W", seed, ppo + evals(steps, [0, 1, 2, 3]))
+    for seed in range(3):  # V: a log step axis spanning less than a decade (700 to 5000)
+        for label, steps in (("sac", [700, 850, 1000]), ("ppo", [1500, 3000, 5000])):
+            grads = [
+                {"global_step": s, "grad/score/variance": 300 + s / 10, "grad/score/snr": 0.3}
+                for s in steps
+            ]
+            make_run(tmp_path, label, "V", seed, grads + evals(steps, [0, 1, 2]))
+    runs, _ = read_runs(tmp_path)
+    fig = gradients_figure(group_runs(runs), ["sac", "ppo"])
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked, shown = 0, {}
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log":
+                continue
+            labels = visible_tick_labels(axis, renderer)
+            assert len(labels) >= 2, (ax.get_title(), labels)
+            assert all(not tick.label1.get_text() for tick in axis.get_minor_ticks())
+            for (a, box_a), (b, box_b) in combinations(labels, 2):
+                assert not box_a.overlaps(box_b), (ax.get_title(), a, b)
+            shown[ax.get_title(), axis.axis_name] = [text for text, _ in labels]
+            checked += 1
+    assert checked == 5 * 3 + 2 * 2 * 2  # A-F: 3 log y axes; W, V: variance and SNR, x and y
+    assert shown["A: gradient variance (trace)", "y"] == ["400", "600", "800"]
+    assert shown["V: gradient variance (trace)", "x"] == ["2000", "4000"]
+    assert len(shown["D: gradient variance (trace)", "y"]) <= 5  # 8 decades: every other one

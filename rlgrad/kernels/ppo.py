@@ -28,6 +28,7 @@ transforms: the diagnostics use the modules.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -163,11 +164,13 @@ class _PPOMinibatchLoss(torch.autograd.Function):
         return (None, None, None, d_log_std, *policy_grads, *value_grads)
 
 
+@functools.lru_cache(maxsize=16)
 def _fused_layers(
     policy: nn.Module, value: nn.Module
 ) -> tuple[list[nn.Linear], list[nn.Linear], type[nn.Module]] | None:
     """(policy MLP's layers, value MLP's layers, their common activation), or None when this
-    kernel does not cover the two networks."""
+    kernel does not cover the two networks. Cached per pair of modules (looked up at every
+    minibatch; a network's layers do not change after it is built)."""
     if type(policy) is not GaussianPolicy or type(value) is not ValueFunction:
         return None
     policy_mlp, value_mlp = plain_mlp_layers(policy.mean), plain_mlp_layers(value.net)
