@@ -371,17 +371,11 @@ class GumbelSoftmax(CategoricalEstimator):
         return (y * (alpha * policy.log_probs() + prepared["slope"])).sum(-1)
 
 
-class StraightThrough(CategoricalEstimator):
-    """Forward the hard sample one_hot(argmax y), backward through the relaxed y."""
+class StraightThrough(GumbelSoftmax):
+    """Forward the hard sample one_hot(argmax y), backward through the relaxed y (the
+    temperature and draws as :class:`GumbelSoftmax`)."""
 
     name = "straight_through"
-
-    def __init__(self, temperature: float = 1.0, samples: int = 1):
-        if not temperature > 0:
-            raise ValueError(f"the temperature must be positive, got {temperature}")
-        if samples < 1:
-            raise ValueError(f"samples must be positive, got {samples}")
-        self.temperature, self.samples = float(temperature), samples
 
     def prepare(
         self, policy: CategoricalPolicy, noise: Tensor, objective: CategoricalObjective
