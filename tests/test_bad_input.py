@@ -482,7 +482,7 @@ def test_readme_table_has_one_row_per_test() -> None:
         for name in globals()
         if name.startswith("test_") and name != "test_readme_table_has_one_row_per_test"
     )
-    assert len(in_table) == len(set(in_table)) == 21
+    assert len(in_table) == len(set(in_table)) == 22
     assert sorted(in_table) == here
 
 
@@ -493,3 +493,25 @@ def test_unknown_wrapper(cli: Cli, existing_run: Path, overwrite: bool) -> None:
     assert "(did you mean 'FlattenObservation'?)" in line
     assert "env.wrappers takes class names from gymnasium.wrappers: " in line
     assert "ClipAction" in line and line.endswith("(got ['FlattenObs'])")
+
+
+def test_python_api_load_and_predict_bad_input(tmp_path: Path) -> None:
+    """``rlgrad.load`` on a folder without a run, ``predict`` with a wrongly shaped observation:
+    one-line exceptions for the caller (no exit code: this is the Python API)."""
+    import numpy as np
+
+    import rlgrad
+    from rlgrad.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError) as caught:
+        rlgrad.load(tmp_path / "empty")
+    assert "holds no run (no config.yaml)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    code, _, err = run_tiny_training(tmp_path / "run")
+    assert code == 0, err
+    policy = rlgrad.load(tmp_path / "run")
+    with pytest.raises(ValueError) as caught:
+        policy.predict(np.zeros(5, dtype=np.float32))
+    assert "takes shape (3,) (or a batch (n, 3))" in str(caught.value)
+    assert "\n" not in str(caught.value)
