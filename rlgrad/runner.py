@@ -260,6 +260,12 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every entry is finite: one sum on the common path (a finite sum means no NaN or
+    Inf), the entry-wise test only when the sum is not finite (NaN, Inf, or an overflow)."""
+    return math.isfinite(float(array.sum())) or bool(np.isfinite(array).all())
+
+
 def describe_kernels(learner: Learner) -> str:
     """``name=fused, name=reference, …`` for the kernels the agent bound (``none`` if none)."""
     active = learner.active_kernels
@@ -527,11 +533,11 @@ def _train(
                 loop.global_step = step = before + envs.num_envs
                 obs = to_tensor(next_obs, device)
                 reached = true_next_obs(next_obs, info)
-                next_finite = bool(np.isfinite(next_obs).all())
+                next_finite = all_finite(next_obs)
                 if (
                     loop.obs_finite
-                    and np.isfinite(rewards).all()
-                    and (next_finite if reached is next_obs else np.isfinite(reached).all())
+                    and all_finite(rewards)
+                    and (next_finite if reached is next_obs else all_finite(reached))
                 ):
                     agent.observe(
                         loop.obs,
