@@ -115,6 +115,26 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_key_configured() else "offline"
 
 
+def wandb_settings(wandb: Any, **extra: Any) -> Any:
+    """The ``wandb.Settings`` of every W&B run rlgrad starts: quiet, no side processes or
+    captures, and bounded waits (W&B must never hang a run)."""
+    return wandb.Settings(
+        console="off",  # no stdout/stderr wrapping
+        silent=True,
+        x_disable_stats=True,  # no system-metrics process
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        disable_git=True,
+        disable_code=True,
+        save_code=False,
+        x_save_requirements=False,  # the slowest part of an offline init
+        init_timeout=60.0,
+        x_service_wait=60.0,
+        finish_timeout=60.0,  # online: never wait forever for uploads
+        **extra,
+    )
+
+
 class WandbSink:
     """A W&B run in ``run_dir/wandb``; offline runs never block and can be ``wandb sync``-ed.
 
@@ -151,21 +171,7 @@ class WandbSink:
             resume="allow" if run_id else None,
             config=config,
             reinit="create_new",
-            settings=wandb.Settings(
-                console="off",  # no stdout/stderr wrapping
-                silent=True,
-                x_disable_stats=True,  # no system-metrics process
-                x_disable_meta=True,
-                x_disable_machine_info=True,
-                disable_git=True,
-                disable_code=True,
-                save_code=False,
-                x_save_requirements=False,  # the slowest part of an offline init
-                init_timeout=60.0,
-                x_service_wait=60.0,
-                finish_timeout=60.0,  # online: never wait forever for uploads
-                x_transaction_log_flush_interval=5.0,  # a killed run loses at most ~5 s
-            ),
+            settings=wandb_settings(wandb, x_transaction_log_flush_interval=5.0),
         )
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")

@@ -685,7 +685,7 @@ def log_to_wandb(report: Report) -> str:
     configured (``WANDB_MODE`` wins); every wait is bounded. Returns the line to print."""
     import wandb
 
-    from rlgrad.logging import resolve_wandb_mode
+    from rlgrad.logging import resolve_wandb_mode, wandb_settings
 
     mode = resolve_wandb_mode("auto")
     if mode == "disabled":
@@ -709,20 +709,7 @@ def log_to_wandb(report: Report) -> str:
                 "confidence": CONFIDENCE,
             },
             reinit="create_new",
-            settings=wandb.Settings(
-                console="off",
-                silent=True,
-                x_disable_stats=True,
-                x_disable_meta=True,
-                x_disable_machine_info=True,
-                disable_git=True,
-                disable_code=True,
-                save_code=False,
-                x_save_requirements=False,
-                init_timeout=60.0,
-                x_service_wait=60.0,
-                finish_timeout=60.0,
-            ),
+            settings=wandb_settings(wandb),
         )
         try:
             logged: dict[str, Any] = {
