@@ -44,6 +44,7 @@ from rlgrad.on_policy import OnPolicyAgent
 
 
 class Config(AgentConfig):
+    action_spaces = ("continuous", "discrete")
     name: Literal["ppo"] = "ppo"
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
@@ -216,7 +217,7 @@ class Agent(OnPolicyAgent):
             for k, v in zip(names, means, strict=True)
         }
         metrics["train/explained_variance"] = 1.0 - residual_var / returns.var().clamp_min(1e-8)
-        metrics["train/policy_std"] = self.policy.log_std.detach().exp().mean()
+        metrics.update(self.policy_metrics())
         metrics["charts/learning_rate"] = torch.tensor(
             self.learner.optimizers["ppo"].param_groups[0]["lr"]
         )

@@ -51,6 +51,7 @@ from rlgrad.rollout import discounted_returns, gae
 
 
 class Config(AgentConfig):
+    action_spaces = ("continuous", "discrete")
     name: Literal["reinforce"] = "reinforce"
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
@@ -161,7 +162,7 @@ class Agent(OnPolicyAgent):
         metrics = {
             "losses/policy": pg_loss.detach(),
             "train/entropy": entropy.detach(),
-            "train/policy_std": self.policy.log_std.detach().exp().mean(),
+            **self.policy_metrics(),
             "train/return_mean": returns.mean(),
         }
         if cfg.baseline == "mean":

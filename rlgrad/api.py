@@ -37,10 +37,12 @@ from rlgrad.config import (
     validate,
 )
 from rlgrad.envs import (
+    EnvSpec,
     RunningMeanStd,
     apply_wrappers,
     check_env,
     check_spaces,
+    env_actions,
     wrapper_factories,
 )
 from rlgrad.errors import UsageError
@@ -122,7 +124,7 @@ def train(
     from rlgrad.runner import train as run_training
 
     cfg = resolve_config(config, **overrides)
-    check_env(cfg.env)
+    check_env(cfg.env, cfg.agent.name)
     directory = Path(run_dir) if run_dir is not None else command.default_run_dir(cfg)
     command.refuse_a_file(directory)
     with hold_run_dir(directory):
@@ -217,6 +219,7 @@ class Policy:
         self.observation_space = env.observation_space  # after env.wrappers: what predict takes
         self.action_space = env.action_space  # the env's own: what predict returns
         self._wrapped = env  # applies env.wrappers' observation transforms to raw observations
+        self.spec = EnvSpec.of(env.observation_space, env.action_space)
         self.obs_shape: tuple[int, ...] = tuple(env.observation_space.shape)
 
     def __repr__(self) -> str:
@@ -227,7 +230,8 @@ class Policy:
 
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """The action for one observation (shape ``obs_shape``) or each of a batch (``(n,
-        *obs_shape)``), as a float32 array of shape ``action_space.shape`` or ``(n, ...)``.
+        *obs_shape)``), as an array of shape ``action_space.shape`` or ``(n, ...)``: the env's
+        dtype for a Box space, int64 indices for a Discrete one.
 
         ``deterministic``: the policy's mode (default), else a sampled action."""
         obs = self._observation(obs)
@@ -243,8 +247,8 @@ class Policy:
                 actions = self.agent.act_deterministic(obs_t)
             else:
                 actions = self.agent.act(obs_t, self.config.total_steps)
-        actions = actions.cpu().numpy()
-        if self.config.env.rescale_actions:  # exactly rlgrad.envs.UnitActions' arithmetic
+        actions = env_actions(actions, self.spec)
+        if self.config.env.rescale_actions and not self.spec.discrete:  # as envs.UnitActions
             space = self.action_space
             unit = np.clip(actions, -1.0, 1.0)
             actions = (space.low + (unit + 1.0) * (space.high - space.low) / 2.0).astype(
@@ -362,15 +366,11 @@ def _probe_env(cfg: RunConfig) -> gym.Env:
 
 
 def _build_agent(cfg: RunConfig, env: gym.Env) -> tuple[Agent, Any]:
-    from rlgrad.envs import EnvSpec
     from rlgrad.learner import Learner
 
     agent_cfg = cfg.agent
     if "buffer_size" in type(agent_cfg).model_fields:  # acting needs no replay buffer
         agent_cfg = agent_cfg.model_copy(update={"buffer_size": min(agent_cfg.buffer_size, 1024)})
-    spec = EnvSpec(
-        obs_dim=int(np.prod(env.observation_space.shape)),
-        act_dim=int(np.prod(env.action_space.shape)),
-    )
+    spec = EnvSpec.of(env.observation_space, env.action_space)
     learner = Learner(cfg.learner)
     return agent_spec(cfg.agent.name).agent(agent_cfg, spec, learner, 1, cfg.total_steps), learner

@@ -11,7 +11,7 @@ import difflib
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from omegaconf import OmegaConf
@@ -45,6 +45,9 @@ class Section(BaseModel):
 
 class AgentConfig(Section):
     """Base of the agents' configs; each agent subclasses it with its hyperparameters."""
+
+    action_spaces: ClassVar[tuple[str, ...]] = ("continuous",)
+    """The action spaces the agent takes: ``continuous`` (Box), ``discrete`` (Discrete)."""
 
     name: str
 

@@ -1,4 +1,4 @@
-"""Diagonal Gaussian and tanh-squashed Gaussian policies' distributions.
+"""Diagonal Gaussian, tanh-squashed Gaussian and categorical policies' distributions.
 
 Both follow the small interface that the estimators rely on (``rsample``, ``sample``,
 ``log_prob``, ``entropy``, ``has_rsample``), and both treat the last dimension as the
@@ -14,6 +14,11 @@ For a = tanh(u) the change of variables gives
 
 and ``log(1 − tanh²(u))`` is evaluated in the stable form ``2 (log 2 − u − softplus(−2u))``,
 which stays finite for any u, where the naive float32 formula gives −inf once |u| ≳ 9.
+
+``Categorical`` is π = softmax(l) over A actions from logits l. Actions are stored the way the
+buffers store every action, as a float tensor with a last dimension of size 1 holding the
+index; ``log_prob`` reads log π_a = l_a − logsumexp(l) at that index and ``entropy`` is
+−Σ_a π_a log π_a.
 """
 
 from __future__ import annotations
@@ -179,3 +184,37 @@ def squashed_gaussian_sample(
     policy = TanhGaussian.from_log_std(mean, raw_log_std.clamp(log_std_min, log_std_max))
     u = policy.mean + policy.std * eps
     return torch.tanh(u), policy.log_prob_pre_tanh(u)
+
+
+class Categorical:
+    """π = softmax(l) over the last dimension of ``logits`` (..., A); actions (..., 1) hold the
+    index as a float (the buffers' layout), so ``sample`` and ``mode`` return (..., 1)."""
+
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor):
+        self.log_probs = torch.log_softmax(logits, dim=-1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.log_probs.exp()
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One action per row, drawn with probabilities π, as (..., 1) floats."""
+        with torch.no_grad():
+            flat = self.probs.reshape(-1, self.log_probs.shape[-1])
+            index = torch.multinomial(flat, 1, generator=generator)
+            return index.reshape(*self.log_probs.shape[:-1], 1).to(self.log_probs.dtype)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """log π_a at the index a stored in ``actions`` (..., 1)."""
+        return self.log_probs.gather(-1, actions.long()).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """−Σ_a π_a log π_a."""
+        return -(self.probs * self.log_probs).sum(-1)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """argmax_a π_a, as (..., 1) floats."""
+        return self.log_probs.argmax(-1, keepdim=True).to(self.log_probs.dtype)

@@ -1,9 +1,10 @@
-"""Gymnasium vector environments for Gaussian policies.
+"""Gymnasium vector environments for rlgrad's agents.
 
 ``make_env`` builds ``n_envs`` copies of one task, seeded, in same-step autoreset mode (a step
 that ends an episode returns the next episode's first observation and puts the last one in
-``info["final_obs"]``), with episode statistics, actions presented as [-1, 1]^d and optional
-observation/reward normalisation. Only Box action and observation spaces are accepted.
+``info["final_obs"]``), with episode statistics, Box actions presented as [-1, 1]^d and optional
+observation/reward normalisation. Box or Discrete action spaces and flat Box observation spaces
+are accepted; an agent declares which action spaces it takes (``AgentConfig.action_spaces``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,49 @@ toy_envs.register()
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """What an agent needs to know about the task to build its networks."""
+    """What an agent needs to know about the task to build its networks.
+
+    ``n_actions``: 0 for a continuous (Box) action space of ``act_dim`` dimensions; for a
+    Discrete space, its number of actions, and actions are stored as one float holding the
+    index (``act_dim`` = 1; :func:`env_actions` turns them into the env's integers)."""
 
     obs_dim: int
     act_dim: int
+    n_actions: int = 0
+
+    @property
+    def discrete(self) -> bool:
+        return self.n_actions > 0
+
+    @classmethod
+    def of(cls, observation_space: gym.Space, action_space: gym.Space) -> EnvSpec:
+        """The spec of one env's spaces (Box or Discrete actions, flat Box observations)."""
+        obs_dim = int(np.prod(observation_space.shape))
+        if isinstance(action_space, gym.spaces.Discrete):
+            return cls(obs_dim=obs_dim, act_dim=1, n_actions=int(action_space.n))
+        return cls(obs_dim=obs_dim, act_dim=int(np.prod(action_space.shape)))
+
+
+ACTION_KINDS = {"continuous": "continuous (Box)", "discrete": "Discrete"}
+"""The action spaces agents declare (``AgentConfig.action_spaces``), as messages name them."""
+
+
+def action_kind(space: gym.Space) -> str | None:
+    """``continuous`` for a Box, ``discrete`` for a Discrete space starting at 0, else None."""
+    if isinstance(space, gym.spaces.Box):
+        return "continuous"
+    if isinstance(space, gym.spaces.Discrete) and int(space.start) == 0:
+        return "discrete"
+    return None
+
+
+def env_actions(actions: Any, spec: EnvSpec) -> np.ndarray:
+    """The agent's (n, act_dim) action tensor as the vector env takes it: as is for a Box
+    space, the (n,) integer indices for a Discrete one."""
+    array = actions.cpu().numpy()
+    if spec.discrete:
+        return array.reshape(-1).astype(np.int64)
+    return array
 
 
 class RunningMeanStd:
@@ -219,9 +259,10 @@ def _quiet_probe() -> Iterator[None]:
 
 def check_spaces(
     env_id: str, wrappers: Sequence[str | dict[str, dict[str, Any]]] = (), **kwargs
-) -> None:
-    """Refuse tasks whose action or observation space (after ``wrappers``, the config's
-    ``env.wrappers``) is not a flat Box."""
+) -> str:
+    """Refuse tasks whose action space (after ``wrappers``, the config's ``env.wrappers``) is
+    neither a Box nor a Discrete space, or whose observation space is not a flat Box; return
+    the action kind (:func:`action_kind`)."""
     factories = wrapper_factories(wrappers)
     try:
         with _quiet_probe():
@@ -254,11 +295,12 @@ def check_spaces(
         action_space, obs_space = probe.action_space, probe.observation_space
     finally:
         probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
+    kind = action_kind(action_space)
+    if kind is None:
         raise ConfigError(
-            f"env '{env_id}' has a {type(action_space).__name__} action space; rlgrad's policies "
-            "are Gaussian and need a continuous (Box) action space: choose a continuous-control "
-            "env, e.g. env.id=Pendulum-v1 or env.id=HalfCheetah-v5"
+            f"env '{env_id}' has action space {action_space}; rlgrad's agents take a continuous "
+            "(Box) or a Discrete action space (starting at 0): choose such an env, e.g. "
+            "env.id=Pendulum-v1 or env.id=CartPole-v1"
         )
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ConfigError(
@@ -266,13 +308,31 @@ def check_spaces(
             "choose an env with vector observations, e.g. env.id=Pendulum-v1, or flatten "
             "them with env.wrappers=[FlattenObservation]"
         )
+    return kind
 
 
-def check_env(cfg: EnvConfig) -> None:
-    """:func:`check_spaces`, then one reset and one step of a probe env: an ``env.kwargs`` value
-    that the env accepts when built but fails on (``env.kwargs={g: abc}``) is a one-line
-    :class:`ConfigError` before a run directory is touched."""
-    check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
+def check_agent_fits(agent_name: str, env_id: str, kind: str) -> None:
+    """Refuse an agent that does not take the env's kind of actions, naming those that do."""
+    from rlgrad.agents import AGENT_NAMES, agent_spec
+
+    fits = [n for n in AGENT_NAMES if kind in agent_spec(n).config.action_spaces]
+    needs = agent_spec(agent_name).config.action_spaces
+    if kind not in needs:
+        wanted = " or ".join(ACTION_KINDS[k] for k in needs)
+        raise ConfigError(
+            f"env '{env_id}' has {ACTION_KINDS[kind]} actions and agent '{agent_name}' needs "
+            f"{wanted} actions; agents for {ACTION_KINDS[kind]} actions: {', '.join(fits)}"
+        )
+
+
+def check_env(cfg: EnvConfig, agent_name: str | None = None) -> None:
+    """:func:`check_spaces` (and :func:`check_agent_fits` for ``agent_name``), then one reset
+    and one step of a probe env: an ``env.kwargs`` value that the env accepts when built but
+    fails on (``env.kwargs={g: abc}``) is a one-line :class:`ConfigError` before a run
+    directory is touched."""
+    kind = check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
+    if agent_name is not None:
+        check_agent_fits(agent_name, cfg.id, kind)
     try:
         with _quiet_probe():
             probe = gym.make(cfg.id, **cfg.kwargs)
@@ -341,7 +401,7 @@ def make_env(
     ``extra_wrappers`` wrap each sub-env outermost (e.g. video recording); ``make_kwargs`` go
     to ``gym.make`` beside ``env.kwargs`` (e.g. ``render_mode``).
     """
-    check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
+    kind = check_spaces(cfg.id, cfg.wrappers, **cfg.kwargs)
     n = n_envs or cfg.n_envs
     workers = cfg.vectorization == "async"
     with _sigint_blocked(workers):
@@ -354,7 +414,7 @@ def make_env(
                 *([IgnoreSigintInWorker()] if workers else []),
                 *wrapper_factories(cfg.wrappers),  # the user's, innermost: the rest sees theirs
                 EpisodeRecorder,
-                *([unit_actions] if cfg.rescale_actions else []),
+                *([unit_actions] if cfg.rescale_actions and kind == "continuous" else []),
                 *extra_wrappers,
             ],
             **cfg.kwargs,
@@ -371,10 +431,7 @@ def make_env(
 
 
 def env_spec(envs: VectorEnv) -> EnvSpec:
-    return EnvSpec(
-        obs_dim=int(np.prod(envs.single_observation_space.shape)),
-        act_dim=int(np.prod(envs.single_action_space.shape)),
-    )
+    return EnvSpec.of(envs.single_observation_space, envs.single_action_space)
 
 
 def find_wrapper(envs: VectorEnv, kind: type) -> VectorEnv | None:

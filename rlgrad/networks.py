@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlgrad.distributions import Gaussian
+from rlgrad.distributions import Categorical, Gaussian
 from rlgrad.torch_private import linear_parameters
+
+if TYPE_CHECKING:
+    from rlgrad.envs import EnvSpec
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -172,6 +176,50 @@ class GaussianPolicy(nn.Module):
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         """μ(s), the Gaussian's mode (deterministic acting), through :class:`PlainForward`."""
         return self._acting_mean(obs) if self._acting_mean is not None else self.mean(obs)
+
+
+class SoftmaxPolicy(nn.Module):
+    """s ↦ Categorical(softmax(l(s))) over ``n_actions`` actions: the on-policy agents' policy
+    for a Discrete action space (logits head initialised with gain 0.01, so π starts near
+    uniform, as SB3 and CleanRL)."""
+
+    def __init__(
+        self, obs_dim: int, n_actions: int, hidden: list[int], activation: str, ortho: bool
+    ):
+        super().__init__()
+        self.logits = mlp_head([obs_dim, *hidden], activation, n_actions, 0.01, ortho)
+        plain = PlainForward.supports(self.logits)
+        self._acting_logits = PlainForward(self.logits) if plain else self.logits
+
+    def forward(self, obs: torch.Tensor) -> Categorical:
+        return Categorical(self.logits(obs))
+
+    @torch.no_grad()
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """An action index per state drawn from π(·|s), (B, 1) floats (Gumbel-max:
+        argmax_a (l_a + g_a), g ~ Gumbel(0, 1), which is a draw from softmax(l))."""
+        logits = self._acting_logits(obs)
+        gumbel = -torch.empty_like(logits).exponential_().log()
+        return (logits + gumbel).argmax(-1, keepdim=True).to(logits.dtype)
+
+    @torch.no_grad()
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """argmax_a π(a|s), the mode (deterministic acting), (B, 1) floats."""
+        return self._acting_logits(obs).argmax(-1, keepdim=True).to(obs.dtype)
+
+
+def make_policy(
+    spec: EnvSpec,
+    hidden: list[int],
+    activation: str,
+    log_std_init: float,
+    ortho: bool,
+) -> GaussianPolicy | SoftmaxPolicy:
+    """The on-policy agents' policy for ``spec``: Gaussian for Box actions, softmax over the
+    actions for a Discrete space (``log_std_init`` is then unused)."""
+    if spec.discrete:
+        return SoftmaxPolicy(spec.obs_dim, spec.n_actions, hidden, activation, ortho)
+    return GaussianPolicy(spec.obs_dim, spec.act_dim, hidden, activation, log_std_init, ortho)
 
 
 class ValueFunction(nn.Module):

@@ -1,4 +1,8 @@
-"""What REINFORCE and PPO share: a Gaussian policy, an optional state value, one rollout buffer.
+"""What REINFORCE and PPO share: a policy, an optional state value, one rollout buffer.
+
+The policy is a diagonal Gaussian for a Box action space and a softmax over the actions for a
+Discrete one (:func:`rlgrad.networks.make_policy`); both give ``log_prob`` and ``entropy``, so
+the losses and their diagnostics are written once for the two.
 
 :class:`OnPolicyAgent` implements the parts of the :class:`rlgrad.agent.Agent` contract that do
 not depend on the loss: acting, storing steps, the update's frame (wait for a full rollout,
@@ -28,7 +32,7 @@ import torch
 from rlgrad.config import DiagnosticsConfig
 from rlgrad.envs import EnvSpec
 from rlgrad.learner import Learner
-from rlgrad.networks import GaussianPolicy, ValueFunction
+from rlgrad.networks import GaussianPolicy, SoftmaxPolicy, ValueFunction, make_policy
 from rlgrad.rollout import RolloutBuffer
 
 DIAGNOSTICS_STEPS = 2048
@@ -57,13 +61,8 @@ class OnPolicyAgent:
         self.cfg, self.learner, self.n_envs = cfg, learner, n_envs
         self.total_steps = total_steps
         device = learner.device
-        self.policy = GaussianPolicy(
-            spec.obs_dim,
-            spec.act_dim,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.log_std_init,
-            cfg.ortho_init,
+        self.policy: GaussianPolicy | SoftmaxPolicy = make_policy(
+            spec, cfg.hidden_sizes, cfg.activation, cfg.log_std_init, cfg.ortho_init
         ).to(device)
         self.value = None
         if value:
@@ -94,6 +93,13 @@ class OnPolicyAgent:
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+
+    def policy_metrics(self) -> dict[str, torch.Tensor]:
+        """``train/policy_std`` (the mean σ) for a Gaussian policy; nothing for a softmax one
+        (its spread is ``train/entropy``)."""
+        if isinstance(self.policy, GaussianPolicy):
+            return {"train/policy_std": self.policy.log_std.detach().exp().mean()}
+        return {}
 
     # ---- learning -----------------------------------------------------------------------
     def update(self, global_step: int, measure: bool = False) -> dict[str, torch.Tensor]:

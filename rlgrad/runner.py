@@ -52,7 +52,7 @@ from rlgrad.checkpoint import (
 )
 from rlgrad.config import ConfigError, RunConfig, read_yaml, to_yaml, validate
 from rlgrad.env_state import load_vector_env_state, vector_env_state
-from rlgrad.envs import NormalizeObservation, env_spec, find_wrapper, make_env
+from rlgrad.envs import NormalizeObservation, env_actions, env_spec, find_wrapper, make_env
 from rlgrad.errors import BuildError, UsageError
 from rlgrad.learner import Learner, NonFiniteError
 from rlgrad.logging import (
@@ -185,12 +185,13 @@ def evaluate(
 ) -> np.ndarray:
     """The return of the first episode of each of the eval envs (one episode per env)."""
     obs, _ = envs.reset(seed=seed)
+    spec = env_spec(envs)
     returns = np.zeros(envs.num_envs)
     finished = np.zeros(envs.num_envs, dtype=bool)
     while not finished.all():
         obs_t = to_tensor(obs, device)
         actions = agent.act_deterministic(obs_t) if deterministic else agent.act(obs_t, step)
-        obs, rewards, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+        obs, rewards, terminated, truncated, _ = envs.step(env_actions(actions, spec))
         returns += np.where(finished, 0.0, rewards)
         finished |= terminated | truncated
     return returns
@@ -440,6 +441,7 @@ def _train(
         check_resume_config(checkpoint, cfg, run_dir)
     seed_everything(cfg.seed)
     learner, envs, eval_envs, agent = build_run(cfg)
+    spec = env_spec(envs)
     device = learner.device
     loop = LoopState()
     logger: Logger | None = None
@@ -529,7 +531,9 @@ def _train(
                 before = loop.global_step
                 acting = loop.obs if loop.obs_finite else finite_or_zero(loop.obs)
                 actions = agent.act(acting, before)
-                next_obs, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
+                next_obs, rewards, terminated, truncated, info = envs.step(
+                    env_actions(actions, spec)
+                )
                 loop.global_step = step = before + envs.num_envs
                 obs = to_tensor(next_obs, device)
                 reached = true_next_obs(next_obs, info)

@@ -1,4 +1,4 @@
-"""rlgrad.envs: Box-only vector envs, seeding, final observations, normalisation, rescaling."""
+"""rlgrad.envs: Box and Discrete vector envs, seeding, final observations, normalisation, rescaling."""
 
 from __future__ import annotations
 
@@ -30,10 +30,22 @@ def one_line_config_error(cfg: EnvConfig) -> str:
 # ---- refusals -------------------------------------------------------------------------------
 
 
-def test_discrete_action_env_is_refused() -> None:
-    message = one_line_config_error(EnvConfig(id="CartPole-v1"))
-    assert "CartPole-v1" in message
-    assert "Discrete" in message and "Box" in message
+def test_discrete_action_env_is_built_without_rescaling() -> None:
+    """A Discrete space is kept as it is (no [-1, 1] rescaling) and sized by ``env_spec``."""
+    envs = make_env(EnvConfig(id="CartPole-v1", n_envs=2), seed=0)
+    try:
+        assert isinstance(envs.single_action_space, gym.spaces.Discrete)
+        spec = env_spec(envs)
+        assert (spec.act_dim, spec.n_actions) == (1, 2)
+        envs.reset(seed=0)
+        envs.step(np.array([0, 1]))
+    finally:
+        envs.close()
+
+
+def test_non_flat_observations_are_refused() -> None:
+    message = one_line_config_error(EnvConfig(id="FrozenLake-v1"))
+    assert "FrozenLake-v1" in message and "flat Box" in message
 
 
 @pytest.mark.parametrize("env_id", ["NoSuchEnv-v0", "Pendulum-v99", "not an id!"])

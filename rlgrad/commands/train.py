@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    check_env(cfg.env)  # the spaces, and one reset and step with env.kwargs
+    check_env(cfg.env, cfg.agent.name)  # the spaces, the agent, one reset and step
     if args.resume:  # train() takes the run directory's lock itself
         return train_and_report(cfg, run_dir, args)
     refuse_a_file(run_dir)
