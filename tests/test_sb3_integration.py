@@ -1,8 +1,10 @@
-"""rlgrad's gradient diagnostics as a Stable-Baselines3 callback, on SB3's own SAC and PPO.
+"""rlgrad's gradient diagnostics as a Stable-Baselines3 callback, on SB3's own SAC, PPO and A2C
+(Gaussian and, on CartPole, categorical policies).
 
 Logged keys read back from SB3's JSON output; per-sample rows against loops of ordinary
-reverse-mode calls on SB3's objects; SB3's squashed-Gaussian log-density against rlgrad's; and
-the callback leaving training untouched (parameters, optimisers, RNG streams).
+reverse-mode calls on SB3's objects; SB3's squashed-Gaussian log-density against rlgrad's; the
+callback leaving training untouched (parameters, optimisers, RNG streams); and a one-line error
+for the spaces it does not measure.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import json
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 sb3 = pytest.importorskip("stable_baselines3")
 
-from stable_baselines3 import PPO, SAC  # noqa: E402
+from stable_baselines3 import A2C, PPO, SAC  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 
 from rlgrad.distributions import TanhGaussian  # noqa: E402
@@ -52,6 +56,18 @@ def _ppo(seed: int = 0) -> PPO:
         policy_kwargs={"net_arch": [32, 32]},  # SB3 adds keys to this dict
         device="cpu",
         seed=seed,
+    )
+
+
+def _cartpole(algo: type, seed: int = 0, **kwargs) -> PPO | A2C:
+    """A discrete-action (Categorical) model on CartPole-v1."""
+    return algo(
+        "MlpPolicy",
+        "CartPole-v1",
+        policy_kwargs={"net_arch": [16]},  # SB3 adds keys to this dict
+        device="cpu",
+        seed=seed,
+        **kwargs,
     )
 
 
@@ -197,6 +213,154 @@ def test_ppo_rows_equal_backward_loop():
             torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[n] for n in grads])])
         )
     np.testing.assert_allclose(got.numpy(), torch.stack(rows).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _policy_rows(policy, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor):
+    """One backward call per step through SB3's ``evaluate_actions``: rows of ∇ of
+    −A_t log π(a_t|s_t) over all the policy's parameters (zeros where log π does not reach)."""
+    params = list(policy.parameters())
+    rows = []
+    for i in range(len(obs)):
+        _, log_prob, _ = policy.evaluate_actions(obs[i : i + 1], actions[i : i + 1])
+        loss = -(advantages[i] * log_prob).sum()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)
+        ]
+        rows.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(rows)
+
+
+def _rows_of(policy, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The callback's per-step gradients laid out as :func:`_policy_rows` lays out its rows."""
+    n = next(iter(grads.values())).shape[0]
+    return torch.cat(
+        [
+            (grads[name] if name in grads else p.new_zeros(n, *p.shape)).reshape(n, -1)
+            for name, p in policy.named_parameters()
+        ],
+        dim=1,
+    )
+
+
+def test_discrete_ppo_rows_equal_backward_loop():
+    model = _cartpole(PPO, n_steps=32, batch_size=16, n_epochs=1)
+    model.learn(32)  # one rollout of CartPole's integer actions in the buffer
+    callback = GradientDiagnosticsCallback()
+    callback.init_callback(model)
+    buf = model.rollout_buffer
+    steps = np.arange(0, 32, 4)
+    obs, actions, advantages = callback._rollout_tensors(steps)
+    assert actions.dtype == torch.int64 and actions.shape == (8,)
+    grads = callback.policy_gradient_per_step(obs, actions, advantages)
+    assert grads and not any("value_net" in name for name in grads)
+
+    # PPO.train's path: the buffer's (n, 1) float32 column, .long().flatten(), and the advantages
+    # normalised over the steps (normalize_advantage).
+    column = torch.as_tensor(buf.actions.reshape(32, 1)[steps].astype(np.float32))
+    adv = torch.as_tensor(buf.advantages.reshape(32)[steps])
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    torch.testing.assert_close(advantages, adv)
+    want = _policy_rows(model.policy, obs, column.long().flatten(), adv)
+    got = _rows_of(model.policy, grads)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    assert want.abs().sum() > 0
+
+    # The float column goes in as indices too (not broadcast to (n, n) log-probabilities).
+    from_column = callback.policy_gradient_per_step(obs, column, advantages)
+    np.testing.assert_allclose(_rows_of(model.policy, from_column).numpy(), got.numpy())
+    # torch's Categorical support check runs inside vmap: an out-of-range action is caught.
+    with pytest.raises(ValueError, match="support"):
+        callback.policy_gradient_per_step(obs, actions + 2, advantages, names=list(grads))
+
+
+def test_discrete_a2c_logs_per_step_variance_of_the_loop_rows(tmp_path, monkeypatch):
+    model = _cartpole(A2C, n_steps=16)
+    model.set_logger(configure(str(tmp_path), ["json"]))
+    callback = GradientDiagnosticsCallback(interval=16, batch=8, reference_batch=16)
+    seen: dict = {}
+    draw_steps, measure = callback._draw_steps, callback.measure
+
+    def recording_draw_steps(n_total: int, n: int) -> np.ndarray:
+        seen["steps"] = draw_steps(n_total, n)  # the reference's steps, then the batch's
+        return seen["steps"]
+
+    def recording_measure() -> dict:
+        seen["policy"] = copy.deepcopy(model.policy.state_dict())  # before train() changes it
+        return measure()
+
+    monkeypatch.setattr(callback, "_draw_steps", recording_draw_steps)
+    monkeypatch.setattr(callback, "measure", recording_measure)
+    model.learn(32, callback=callback, log_interval=1)
+    assert callback.n_measurements == 2  # one per rollout of 16 steps
+    rows = _records(tmp_path)
+    _check_logged(rows, "score", suffix="_per_step")
+    last = [r for r in rows if "grad/score/variance_per_step" in r][-1]
+
+    # By hand, at the last measurement's policy and steps (A2C.train leaves the buffer's values
+    # as they were; advantages are not normalised): tr of the unbiased covariance of the rows.
+    steps = seen["steps"]
+    assert len(steps) == 8
+    model.policy.load_state_dict(seen["policy"])
+    buf = model.rollout_buffer
+    all_rows = _policy_rows(
+        model.policy,
+        torch.as_tensor(buf.observations.reshape(16, -1)),
+        torch.as_tensor(buf.actions.reshape(16)).long(),
+        torch.as_tensor(buf.advantages.reshape(16)),
+    ).double()
+    rows_by_hand = all_rows[steps]
+    variance = rows_by_hand.var(dim=0).sum().item()
+    assert last["grad/score/variance_per_step"] == pytest.approx(variance, rel=1e-5)
+    assert last["grad/score/batch_variance_per_step"] == pytest.approx(variance / 8, rel=1e-5)
+    mean = rows_by_hand.mean(0)
+    assert last["grad/score/grad_norm_per_step"] == pytest.approx(mean.norm().item(), rel=1e-5)
+    # The reference is the whole rollout's gradient (reference_batch ≥ its 16 steps).
+    cosine = torch.nn.functional.cosine_similarity(mean, all_rows.mean(0), dim=0).item()
+    assert last["grad/score/cosine_reference_per_step"] == pytest.approx(cosine, abs=1e-5)
+
+
+class _SpacesEnv(gym.Env):
+    """Random observations and rewards in the given spaces."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+BOX = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("observation_space", "action_space", "named"),
+    [
+        (BOX, spaces.MultiDiscrete([2, 3]), "MultiDiscrete"),
+        (BOX, spaces.MultiBinary(2), "MultiBinary"),
+        (spaces.Discrete(4), spaces.Discrete(2), "Discrete observation"),
+    ],
+)
+def test_unmeasurable_spaces_get_a_one_line_error(observation_space, action_space, named):
+    model = PPO(
+        "MlpPolicy",
+        _SpacesEnv(observation_space, action_space),
+        n_steps=8,
+        batch_size=8,
+        policy_kwargs={"net_arch": [8]},
+        device="cpu",
+        seed=0,
+    )
+    with pytest.raises(TypeError) as error:
+        model.learn(8, callback=GradientDiagnosticsCallback(batch=4, reference_batch=8))
+    message = str(error.value)
+    assert "\n" not in message and named in message
+    assert "Box" in message  # what is supported
+    assert model.num_timesteps == 0  # raised at _init_callback, before any rollout
 
 
 def test_log_prob_matches_sb3_action_log_prob():

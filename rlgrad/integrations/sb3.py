@@ -49,18 +49,29 @@ those of the loss SB3 trains on. rlgrad's ``TanhGaussian`` is the same density w
 Σ_j ε/(1 − a_j²), i.e. ~1e-6 for moderate actions but noticeably once |a_j| → 1 (there SB3's
 correction saturates at log ε and its gradient vanishes), which is why the SB3 form is used.
 
-**PPO / A2C** (any ``OnPolicyAlgorithm`` with a ``RolloutBuffer``). Measured in
-``_on_rollout_end``, after SB3's ``collect_rollouts`` has run ``compute_returns_and_advantage``
-and before ``train()`` changes the policy, so at the rollout's own policy (PPO's ratio is 1):
-per-sample gradients of PPO's policy-gradient term −A_t ∇θ log πθ(a_t|s_t), through
-``model.policy.evaluate_actions`` inside ``functional_call``, on ``batch`` time steps drawn
-without replacement from the rollout; with ``model.normalize_advantage`` the advantages are
-normalised over those steps, (A − mean)/(std + 1e-8), as ``PPO.train`` does over a minibatch.
-The unit of a sample is one time step, and steps of one episode are correlated, hence the keys
-``grad/score/<stat>_per_step`` (the names REINFORCE and PPO log). The reference uses
-``reference_batch`` steps of the same rollout (all of them when it has fewer). Only the
-parameters that log π depends on are differentiated (the value head is left out). Clipping,
-the entropy bonus and the value loss are not part of it.
+**PPO / A2C** (any ``OnPolicyAlgorithm`` with a ``RolloutBuffer``), with a ``Box`` action space
+(SB3's ``DiagGaussianDistribution``) or a ``Discrete`` one (its ``CategoricalDistribution``:
+discrete PPO and A2C, e.g. on ``CartPole-v1``). Measured in ``_on_rollout_end``, after SB3's
+``collect_rollouts`` has run ``compute_returns_and_advantage`` and before ``train()`` changes
+the policy, so at the rollout's own policy (PPO's ratio is 1): per-sample gradients of PPO's
+policy-gradient term −A_t ∇θ log πθ(a_t|s_t), through ``model.policy.evaluate_actions`` inside
+``functional_call``, on ``batch`` time steps drawn without replacement from the rollout; with
+``model.normalize_advantage`` the advantages are normalised over those steps,
+(A − mean)/(std + 1e-8), as ``PPO.train`` does over a minibatch. The actions go in as ``train()``
+passes them: the buffer's (n, action_dim) rows as float32, and for ``Discrete`` flattened to (n,)
+integer indices (the buffer keeps them as an (n, 1) column; ``Categorical.log_prob`` of a column
+would broadcast to (n, n)). torch.distributions' argument and support checks stay on: they test
+through ``torch._is_all_true``, which ``vmap`` evaluates over the whole batch, so an invalid
+action still raises torch's ``ValueError``. The unit of a sample is one time step, and steps of
+one episode are correlated, hence the keys ``grad/score/<stat>_per_step`` (the names REINFORCE
+and PPO log). The reference uses ``reference_batch`` steps of the same rollout (all of them when
+it has fewer). Only the parameters that log π depends on are differentiated (the value head is
+left out). Clipping, the entropy bonus and the value loss are not part of it.
+
+Not measured (``_init_callback`` raises a one-line ``TypeError`` naming what is supported):
+``MultiDiscrete``, ``MultiBinary`` and ``Dict`` action spaces; ``Dict`` observations; and
+``Discrete``/``MultiDiscrete`` observations, which SB3 one-hot encodes with ``F.one_hot``, whose
+range check calls ``.item()`` and cannot run under ``vmap``.
 
 Side effects: none on training. The model's parameters, their ``.grad``, the optimisers and
 the distribution objects are left as they were, and the draws (replay indices, ε, actions,
@@ -97,6 +108,12 @@ from rlgrad.estimators import (
 )
 
 __all__ = ["GradientDiagnosticsCallback", "sb3_squashed_log_prob"]
+
+# The action spaces of on-policy models whose log π the callback measures: SB3's
+# DiagGaussianDistribution for Box, its CategoricalDistribution for Discrete.
+_ON_POLICY_ACTION_SPACES = (spaces.Box, spaces.Discrete)
+# Observation spaces SB3's preprocess_obs one-hot encodes (F.one_hot calls .item(): no vmap).
+_ONE_HOT_OBSERVATION_SPACES = (spaces.Discrete, spaces.MultiDiscrete)
 
 # Per-layer keys are long and differ only after SB3's 36-character truncation of text outputs.
 _TEXT_OUTPUTS = ("stdout", "log")
@@ -243,7 +260,13 @@ class GradientDiagnosticsCallback(BaseCallback):
     # ---- SB3 hooks ----------------------------------------------------------------------
     def _init_callback(self) -> None:
         model = self.model
+        self._check_observation_space(model.observation_space)
         if isinstance(model, OnPolicyAlgorithm):
+            if not isinstance(model.action_space, _ON_POLICY_ACTION_SPACES):
+                raise TypeError(
+                    "GradientDiagnosticsCallback measures PPO/A2C with Box (Gaussian) or Discrete "
+                    f"(categorical) action spaces, not {type(model.action_space).__name__}"
+                )
             if type(model.rollout_buffer) is not RolloutBuffer:
                 raise NotImplementedError(
                     "GradientDiagnosticsCallback supports on-policy models with a plain "
@@ -264,6 +287,17 @@ class GradientDiagnosticsCallback(BaseCallback):
         self._rng = np.random.default_rng(seed)
         self._np_state = np.random.RandomState(seed % 2**32).get_state()
         self._next_step = self.interval
+
+    @staticmethod
+    def _check_observation_space(space: spaces.Space) -> None:
+        if isinstance(space, spaces.Dict):
+            raise TypeError("GradientDiagnosticsCallback does not measure Dict observation spaces")
+        if isinstance(space, _ONE_HOT_OBSERVATION_SPACES):
+            raise TypeError(
+                f"GradientDiagnosticsCallback does not measure {type(space).__name__} "
+                "observation spaces (SB3's one-hot encoding cannot run under torch.func.vmap); "
+                "Box and MultiBinary observations are supported"
+            )
 
     @staticmethod
     def _is_sac(model: Any) -> bool:
@@ -426,17 +460,25 @@ class GradientDiagnosticsCallback(BaseCallback):
         buf = model.rollout_buffer
         n = buf.buffer_size * buf.n_envs
         obs = buf.observations.reshape(n, *buf.obs_shape)[idx]
-        actions = buf.actions.reshape(n, buf.action_dim)[idx]
+        # float32, as RolloutBuffer._get_samples hands them to train() (the buffer keeps the
+        # action space's dtype, int64 for Discrete, in recent SB3 versions; float32 in older).
+        actions = buf.actions.reshape(n, buf.action_dim)[idx].astype(np.float32, copy=False)
         advantages = buf.advantages.reshape(n)[idx]
         device = model.device
         obs_t = torch.as_tensor(obs, device=device)
-        actions_t = torch.as_tensor(actions, device=device)
-        if isinstance(model.action_space, spaces.Discrete):
-            actions_t = actions_t.long().flatten()
+        actions_t = self._train_actions(torch.as_tensor(actions, device=device))
         adv_t = torch.as_tensor(advantages, device=device, dtype=torch.float32)
         if getattr(model, "normalize_advantage", False) and len(adv_t) > 1:
             adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
         return obs_t, actions_t, adv_t
+
+    def _train_actions(self, actions: Tensor) -> Tensor:
+        """Actions in the form ``PPO.train``/``A2C.train`` pass to ``evaluate_actions``: for a
+        Discrete space the (n, 1) float column becomes (n,) int64 indices (Categorical.log_prob
+        of the column would broadcast against the batch to (n, n)); others are unchanged."""
+        if isinstance(self.model.action_space, spaces.Discrete):
+            return actions.long().reshape(-1)
+        return actions
 
     def _draw_steps(self, n_total: int, n: int) -> np.ndarray:
         if n >= n_total:
@@ -450,8 +492,10 @@ class GradientDiagnosticsCallback(BaseCallback):
 
         ``advantages`` are used as given (normalise them first, as :meth:`_rollout_tensors`
         does); ``names``: the parameters to differentiate, default those log π depends on.
+        ``actions``: (n, action_dim) rows; for a Discrete space also (n,) indices, either dtype.
         """
         policy = self.model.policy
+        actions = self._train_actions(actions)
         if names is None:
             names = self._log_prob_parameters(obs[:2], actions[:2])
 
