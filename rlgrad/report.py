@@ -16,6 +16,13 @@ Per (env, estimator), over its seeds:
   ``grad/<estimator>/snr`` (or ``snr_per_step``, as REINFORCE and PPO log it) and
   ``grad/variance_ratio_score_over_pathwise`` record of all seeds.
 
+Against the exact gradient (runs of agents that log it, such as ``sac_discrete``, whose exact
+gradient over a few actions is at hand): for each (env, estimator label) whose runs log
+``grad/<e>/bias`` for the estimator e they train with (``agent.actor_estimator``), the median
+over all records of all seeds of its relative bias ‖mean ĝ − g‖/‖g‖, the bias's standard error
+and noise floor, its per-state variance and its cosine to the exact gradient; ``exact.png``
+draws them over training.
+
 Per env, with ``rliable`` (Agarwal et al. 2021, "Deep RL at the edge of the statistical
 precipice"), each env being one task so that the stratified bootstrap resamples seeds:
 
@@ -58,6 +65,8 @@ RESULT_FILE = "result.json"  # rlgrad.runner.RESULT_FILE, without importing torc
 EVAL_KEY = "eval/return_mean"
 EPISODE_KEY = "charts/episodic_return"
 RATIO_KEY = "grad/variance_ratio_score_over_pathwise"
+EXACT_STATISTICS = ("bias", "bias_se", "bias_noise_floor", "variance", "cosine_exact")
+"""``grad/<e>/<statistic>`` of an estimator measured against the exact gradient."""
 REPORT_FILE = "report.md"
 
 BOOTSTRAP_SEED = 0
@@ -117,6 +126,43 @@ class Run:
         }
 
 
+def trained_estimator(run: Run) -> str | None:
+    """The estimator the run's actor trains with (``agent.actor_estimator``), when the run
+    measured it against the exact gradient (logged ``grad/<e>/bias``); else None."""
+    estimator = (run.config.get("agent") or {}).get("actor_estimator")
+    return estimator if estimator and f"grad/{estimator}/bias" in run.keys else None
+
+
+@dataclass(frozen=True)
+class ExactComparison:
+    """One (env, label) group's training estimator against the exact gradient: the median of
+    each of :data:`EXACT_STATISTICS` over every record of every seed."""
+
+    env: str
+    label: str
+    estimator: str
+    seeds: int
+    medians: dict[str, float | None]
+
+
+def exact_comparisons(env: str, by_label: dict[str, list[Run]]) -> list[ExactComparison]:
+    """An :class:`ExactComparison` per label whose runs all measured their training estimator
+    against the exact gradient (one estimator across the label's seeds)."""
+    out = []
+    for label, runs in by_label.items():
+        estimators = {trained_estimator(run) for run in runs}
+        if len(estimators) != 1 or None in estimators:
+            continue
+        estimator = estimators.pop()
+        assert estimator is not None
+        medians = {
+            stat: pooled_median([r.series(f"grad/{estimator}/{stat}")[1] for r in runs])
+            for stat in EXACT_STATISTICS
+        }
+        out.append(ExactComparison(env, label, estimator, len(runs), medians))
+    return out
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate and its 95 % stratified-bootstrap confidence interval."""
@@ -174,6 +220,8 @@ class EnvResult:
     improvements: list[Improvement]
     profiles: dict[str, dict[str, Profile]]
     """metric (``FINAL_METRIC``, ``AUC_METRIC``) → estimator → profile."""
+    exact: list[ExactComparison] = field(default_factory=list)
+    """The labels measured against the exact gradient (see :func:`exact_comparisons`)."""
 
 
 def read_runs(directory: Path) -> tuple[list[Run], int]:
@@ -485,7 +533,10 @@ def env_result(
         FINAL_METRIC: performance_profiles(finals, reps),
         AUC_METRIC: performance_profiles(aucs, reps),
     }
-    return EnvResult(env, threshold, stats, improvement_estimates(env, finals, reps), profiles)
+    improvements = improvement_estimates(env, finals, reps)
+    return EnvResult(
+        env, threshold, stats, improvements, profiles, exact_comparisons(env, by_label)
+    )
 
 
 # ---- report.md -----------------------------------------------------------------------------
@@ -522,6 +573,35 @@ def env_table(stats: list[GroupStats], threshold: float | None) -> str:
 
 
 IMPROVEMENT_SECTION = "Probability of improvement"
+EXACT_SECTION = "Against the exact gradient"
+EXACT_COLUMNS = {
+    "bias": "median bias",
+    "bias_se": "median bias SE",
+    "bias_noise_floor": "median noise floor",
+    "variance": "median variance",
+    "cosine_exact": "median cosine to exact",
+}
+
+
+def exact_table(comparisons: list[ExactComparison]) -> str:
+    """A row per (env, label): its training estimator's medians against the exact gradient."""
+    header = ["env", "estimator", "trains with", "seeds", *EXACT_COLUMNS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for c in comparisons:
+        cells = [c.env, c.label, c.estimator, str(c.seeds)]
+        cells += [_num(c.medians[stat]) for stat in EXACT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+EXACT_DEFINITIONS = """\
+Each row is one estimator label over its seeds, measured at every diagnostics step on a batch
+of replay states against the exact gradient g (the sum over the actions) of the same objective
+at the same parameters. *bias*: ‖ḡ − g‖/‖g‖ with ḡ the mean of the per-state estimates;
+*bias SE*: its standard error (delta method); *noise floor*: √(tr Σ̂/n)/‖g‖, the value an
+unbiased estimator reads as on n states (a bias near it is no bias); *variance*: tr Σ̂ of one
+state's estimate; *cosine*: cos(ḡ, g). Each cell is the median over all measurements of all
+seeds; exact.png draws them over training (mean over seeds in log10, 95 % band)."""
 
 
 def improvement_table(improvements: list[Improvement]) -> str:
@@ -589,7 +669,7 @@ def write_report(
     ``reps`` is the number of bootstrap resamples of each interval (default
     ``BOOTSTRAP_REPS``).
     """
-    from rlgrad.report_figures import plot_gradients, plot_profiles, plot_returns
+    from rlgrad.report_figures import plot_exact, plot_gradients, plot_profiles, plot_returns
     from rlgrad.study_spec import read_spec
 
     reps = reps or BOOTSTRAP_REPS
@@ -612,6 +692,9 @@ def write_report(
         plot_gradients(groups, labels, directory / "gradients.png"),
         plot_profiles(envs, labels, directory / "profiles.png"),
     ]
+    comparisons = [c for result in envs for c in result.exact]
+    if comparisons:
+        figures.append(plot_exact(groups, envs, labels, directory / "exact.png"))
     name = spec.name if spec else (_shared_logging(runs, "group") or directory.resolve().name)
     left_out = f" ({unfinished} unfinished or failed left out)" if unfinished else ""
     parts = [
@@ -629,6 +712,8 @@ def write_report(
             "P(X > Y) of final eval return: the probability that a run of X beats a run of Y.",
             improvement_table(improvements),
         ]
+    if comparisons:
+        parts += [f"## {EXACT_SECTION}", exact_table(comparisons), EXACT_DEFINITIONS]
     parts.append(DEFINITIONS.format(confidence=CONFIDENCE, reps=reps, seed=BOOTSTRAP_SEED))
     path = directory / REPORT_FILE
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
@@ -666,6 +751,23 @@ def aggregate_table(report: Report) -> tuple[list[str], list[list[Any]]]:
             row += [s.reached if result.threshold is not None else None]
             row += [_cell(s.median_snr.get(est)) for est in estimators]
             rows.append([*row, _cell(s.median_ratio)])
+    return columns, rows
+
+
+def exact_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of every comparison against the exact gradient, for a ``wandb.Table``."""
+    columns = [
+        "env",
+        "estimator",
+        "trains_with",
+        "seeds",
+        *(f"median_{s}" for s in EXACT_STATISTICS),
+    ]
+    rows = [
+        [c.env, c.label, c.estimator, c.seeds, *(_cell(c.medians[s]) for s in EXACT_STATISTICS)]
+        for result in report.envs
+        for c in result.exact
+    ]
     return columns, rows
 
 
@@ -716,6 +818,8 @@ def log_to_wandb(report: Report) -> str:
                 "report/aggregate": wandb.Table(*aggregate_table(report)),
                 "report/improvement": wandb.Table(*improvement_rows(report)),
             }
+            if any(result.exact for result in report.envs):
+                logged["report/exact"] = wandb.Table(*exact_rows(report))
             logged |= {f"report/{path.stem}": wandb.Image(str(path)) for path in report.figures}
             run.log(logged)
             if mode == "offline":

@@ -8,7 +8,9 @@ per seed, the estimator's colour). Gradient statistics are averaged in log10, so
 a geometric one. On log axes only major ticks are labelled: decades (at most
 ``MAX_LOG_TICKS``), or a few round numbers when the axis spans less than a decade.
 
-``profiles.png`` draws the performance profiles ``rlgrad.report`` computes with rliable.
+``profiles.png`` draws the performance profiles ``rlgrad.report`` computes with rliable, and
+``exact.png`` (when runs measured their estimator against the exact gradient) each label's
+training estimator's bias, variance and cosine to the exact gradient over training.
 """
 
 from __future__ import annotations
@@ -363,3 +365,36 @@ def plot_gradients(groups: Groups, labels: list[str], path: Path) -> Path:
 
 def plot_profiles(envs: list[EnvResult], labels: list[str], path: Path) -> Path:
     return _save(profiles_figure(envs, labels), path)
+
+
+EXACT_PANELS = (
+    ("bias", "relative bias ‖ḡ − g‖/‖g‖", True),
+    ("variance", "gradient variance (trace)", True),
+    ("cosine_exact", "cosine to the exact gradient", False),
+)
+
+
+def exact_figure(groups: Groups, envs: list[EnvResult], labels: list[str]) -> Figure:
+    """Per env, one row per statistic of :data:`EXACT_PANELS`: a line (or a line per seed) per
+    label measured against the exact gradient, of the estimator it trains with; the bias panel
+    draws the noise floor of each label dotted."""
+    fig, axes = _new_figure(len(envs), len(EXACT_PANELS))
+    colors = _colors(labels)
+    for col, result in enumerate(envs):
+        by_label = groups[result.env]
+        for row, (statistic, title, log) in enumerate(EXACT_PANELS):
+            ax = axes[row, col]
+            drew = []
+            for comparison in result.exact:
+                runs, color = by_label[comparison.label], colors[comparison.label]
+                key = f"grad/{comparison.estimator}/{statistic}"
+                drew.append(_plot_band(ax, runs, _metric(key), color, comparison.label, log=log))
+                if statistic == "bias":
+                    floor = _metric(f"grad/{comparison.estimator}/bias_noise_floor")
+                    _plot_band(ax, runs, floor, color, "_nolegend_", log=True, linestyle=":")
+            _finish(ax, f"{result.env}: {title}", statistic, any(drew), log, wide_budgets(by_label))
+    return fig
+
+
+def plot_exact(groups: Groups, envs: list[EnvResult], labels: list[str], path: Path) -> Path:
+    return _save(exact_figure(groups, envs, labels), path)

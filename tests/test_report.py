@@ -468,3 +468,43 @@ def test_log_axis_tick_labels_do_not_overlap(tmp_path: Path) -> None:
     assert shown["A: gradient variance (trace)", "y"] == ["400", "600", "800"]
     assert shown["V: gradient variance (trace)", "x"] == ["2000", "4000"]
     assert len(shown["D: gradient variance (trace)", "y"]) <= 5  # 8 decades: every other one
+
+
+def test_estimators_against_the_exact_gradient(tmp_path: Path) -> None:
+    """Runs that log their training estimator's bias against the exact gradient get a table of
+    its medians (over all records of all seeds) and exact.png; other runs get neither."""
+    study = tmp_path / "study"
+    biases = {"score": [0.02, 0.04, 0.03], "gumbel_softmax": [0.3, 0.5, 0.4]}
+    for label, estimator in (("score", "score"), ("gumbel-0.5", "gumbel_softmax")):
+        for seed in range(2):
+            rows = evals([1000, 2000], [100.0, 200.0 + seed])
+            for i, bias in enumerate(biases[estimator]):
+                stats = {"bias": bias + seed, "bias_se": 0.01, "bias_noise_floor": 0.05}
+                stats |= {"variance": 10.0 * (i + 1), "cosine_exact": 0.9}
+                row = {f"grad/{estimator}/{k}": v for k, v in stats.items()}
+                rows.append({"global_step": 500 * (i + 1), **row})
+            config = {"agent": {"name": "sac_discrete", "actor_estimator": estimator}}
+            make_run(study, label, "CartPole-v1", seed, rows, config=config)
+    make_run(study, "pathwise", "CartPole-v1", 0, evals([1000], [50.0]))
+    report = write_report(study)
+    text = report.path.read_text()
+    section = text.split("## Against the exact gradient\n", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("| CartPole")]
+    cells = {
+        row[1]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+    }
+    assert set(cells) == {"score", "gumbel-0.5"}  # the pathwise run logged no bias
+    # medians over 6 records: score 0.02..0.04 and 1.02..1.04 -> (0.04 + 1.02) / 2
+    assert cells["score"][2] == "score" and cells["score"][3] == "2"
+    assert float(cells["score"][4]) == pytest.approx(0.53)
+    assert float(cells["gumbel-0.5"][4]) == pytest.approx(0.9)
+    assert float(cells["gumbel-0.5"][7]) == pytest.approx(20.0)
+    assert (study / "exact.png").is_file() and study / "exact.png" in report.figures
+
+
+def test_no_exact_section_without_exact_measurements(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    make_run(study, "pathwise", "Pendulum-v1", 0, evals([1000], [50.0]))
+    report = write_report(study)
+    assert "Against the exact gradient" not in report.path.read_text()
+    assert not (study / "exact.png").exists()
