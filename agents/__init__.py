@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-AGENT_NAMES: tuple[str, ...] = ("ppo", "reinforce", "sac")
+AGENT_NAMES: tuple[str, ...] = ("ppo", "reinforce", "sac", "sac_discrete")
 
 
 @dataclass(frozen=True)

@@ -177,10 +177,65 @@ def test_unknown_env_id(cli: Cli, existing_run: Path, overwrite: bool) -> None:
 
 
 @overwrite
-def test_discrete_action_space(cli: Cli, existing_run: Path, overwrite: bool) -> None:
-    line = refused_config(cli, existing_run, overwrite, "env.id=CartPole-v1")
-    assert "env 'CartPole-v1' has a Discrete action space" in line
-    assert "choose a continuous-control env, e.g. env.id=Pendulum-v1" in line
+@pytest.mark.parametrize(
+    ("config", "env_id", "expected"),
+    [
+        pytest.param(
+            SAC_PENDULUM,
+            "CartPole-v1",
+            "env 'CartPole-v1' has Discrete actions and agent 'sac' needs continuous (Box) "
+            "actions; agents for Discrete actions: ppo, reinforce, sac_discrete",
+            id="discrete-env-to-sac",
+        ),
+        pytest.param(
+            CONFIGS / "sac_discrete_cartpole.yaml",
+            "Pendulum-v1",
+            "env 'Pendulum-v1' has continuous (Box) actions and agent 'sac_discrete' needs "
+            "Discrete actions; agents for continuous (Box) actions: ppo, reinforce, sac",
+            id="box-env-to-sac_discrete",
+        ),
+    ],
+)
+def test_action_space_the_agent_does_not_take(
+    cli: Cli, existing_run: Path, overwrite: bool, config: Path, env_id: str, expected: str
+) -> None:
+    flags = ["--quiet", "--run-dir", str(existing_run), *(["--overwrite"] if overwrite else [])]
+    line = refused(cli, existing_run, "train", config, f"env.id={env_id}", *flags)
+    assert line == f"rlgrad: error: {expected}"
+
+
+class _MultiDiscreteEnv(gym.Env):
+    """An env whose actions no rlgrad agent takes (two discrete choices at once)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+    action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+MULTI_DISCRETE_ENV = "rlgrad/TestMultiDiscrete-v0"
+
+
+@pytest.fixture
+def multi_discrete_env() -> Iterator[str]:
+    gym.register(MULTI_DISCRETE_ENV, entry_point=_MultiDiscreteEnv)
+    yield MULTI_DISCRETE_ENV
+    del gym.registry[MULTI_DISCRETE_ENV]
+
+
+@overwrite
+def test_action_space_no_agent_takes(
+    cli: Cli, existing_run: Path, overwrite: bool, multi_discrete_env: str
+) -> None:
+    line = refused_config(cli, existing_run, overwrite, f"env.id={multi_discrete_env}")
+    assert f"env '{multi_discrete_env}' has action space MultiDiscrete([2 3])" in line
+    assert "rlgrad's agents take a continuous (Box) or a Discrete action space" in line
+    assert "e.g. env.id=Pendulum-v1 or env.id=CartPole-v1" in line
 
 
 FAKE_ENV = "rlgrad/TestNeedsFooSim-v0"
@@ -482,7 +537,7 @@ def test_readme_table_has_one_row_per_test() -> None:
         for name in globals()
         if name.startswith("test_") and name != "test_readme_table_has_one_row_per_test"
     )
-    assert len(in_table) == len(set(in_table)) == 22
+    assert len(in_table) == len(set(in_table)) == 23
     assert sorted(in_table) == here
 
 

@@ -1,4 +1,4 @@
-"""rlgrad.envs: Box and Discrete vector envs, seeding, final observations, normalisation, rescaling."""
+"""rlgrad.envs: Box and Discrete vector envs, seeding, final observations, normalisation."""
 
 from __future__ import annotations
 
