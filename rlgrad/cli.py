@@ -22,8 +22,9 @@ from rlgrad.errors import UsageError, describe_os_error
 EXIT_USAGE = 2
 COMMAND_ORDER = ("train", "eval", "compare", "report", "configs", "keys")
 DESCRIPTION = """\
-Train and evaluate reinforcement-learning agents (SAC, PPO, REINFORCE) whose Gaussian
-policy gradient is a score-function or a pathwise estimate, and measure how noisy each is."""
+Train and evaluate reinforcement-learning agents (SAC, PPO, REINFORCE, discrete SAC) whose
+policy gradient is a score-function, a pathwise or a relaxed estimate, and measure how noisy
+(and, for discrete actions, how biased) each is."""
 EPILOG = """first steps:
   rlgrad configs                                 the shipped configs
   rlgrad train sac_pendulum total_steps=5000     train (any config key can be overridden)

@@ -783,7 +783,7 @@ def improvement_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
 
 def log_to_wandb(report: Report) -> str:
     """Log the report as one W&B run in the study's group (job type ``report``): the tables
-    ``report/aggregate`` and ``report/improvement`` and the figures. Offline unless a W&B key is
+    ``report/aggregate``, ``report/improvement`` (and ``report/exact_gradient``) and the figures. Offline unless a W&B key is
     configured (``WANDB_MODE`` wins); every wait is bounded. Returns the line to print."""
     import wandb
 
@@ -819,7 +819,7 @@ def log_to_wandb(report: Report) -> str:
                 "report/improvement": wandb.Table(*improvement_rows(report)),
             }
             if any(result.exact for result in report.envs):
-                logged["report/exact"] = wandb.Table(*exact_rows(report))
+                logged["report/exact_gradient"] = wandb.Table(*exact_rows(report))
             logged |= {f"report/{path.stem}": wandb.Image(str(path)) for path in report.figures}
             run.log(logged)
             if mode == "offline":

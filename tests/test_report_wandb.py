@@ -103,3 +103,26 @@ def test_a_wandb_failure_is_one_line_and_the_report_stays(study: Path, offline: 
     assert code == 2
     assert_one_line_error(err, "W&B logging failed (could not reach api.wandb.ai)")
     assert (study / "report.md").is_file()
+
+
+def test_the_exact_gradient_table_reaches_wandb(tmp_path: Path, offline: None) -> None:
+    """Runs measured against the exact gradient add the table ``report/exact_gradient`` and the
+    figure ``report/exact``."""
+    out = tmp_path / "study"
+    logging = {"logging": {"project": "rlgrad-test", "group": "discrete"}}
+    agent = {"agent": {"name": "sac_discrete", "actor_estimator": "score"}}
+    for seed in (0, 1):
+        rows = [{"global_step": 50, "grad/score/bias": 0.1 * (seed + 1), "grad/score/snr": 3.0}]
+        make_run(
+            out, "score", "CartPole-v1", seed, rows + evals([100], [50.0]), config=logging | agent
+        )
+    code, _, err = run_cli("report", out, "--wandb")
+    assert code == 0, err
+    path = find_run_file(out / "wandb")
+    wait_for_exit_record(path)
+    (row,) = history_rows(path)
+    logged = json.loads((path.parent / "files" / row["report/exact_gradient.path"]).read_bytes())
+    (record,) = [dict(zip(logged["columns"], r, strict=True)) for r in logged["data"]]
+    assert (record["estimator"], record["trains_with"], record["seeds"]) == ("score", "score", 2)
+    assert record["median_bias"] == pytest.approx(0.15) and record["median_variance"] is None
+    assert row["report/exact._type"] == "image-file"
