@@ -783,8 +783,9 @@ def improvement_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
 
 def log_to_wandb(report: Report) -> str:
     """Log the report as one W&B run in the study's group (job type ``report``): the tables
-    ``report/aggregate``, ``report/improvement`` (and ``report/exact_gradient``) and the figures. Offline unless a W&B key is
-    configured (``WANDB_MODE`` wins); every wait is bounded. Returns the line to print."""
+    ``report/aggregate``, ``report/improvement`` (and ``report/exact_gradient``) and the
+    figures. Offline unless a W&B key is configured (``WANDB_MODE`` wins); every wait is
+    bounded. Returns the line to print."""
     import wandb
 
     from rlgrad.logging import resolve_wandb_mode, wandb_settings

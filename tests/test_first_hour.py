@@ -163,7 +163,8 @@ def test_keys_show_types_defaults_and_docstrings(cli: Cli) -> None:
 def test_keys_of_an_unknown_agent_is_one_line(cli: Cli) -> None:
     code, out, err = cli("keys", "dqn")
     assert code == 2 and out == ""
-    assert_one_line_error(err, "unknown agent 'dqn'; valid agents: ppo, reinforce, sac, sac_discrete")
+    expected = "unknown agent 'dqn'; valid agents: ppo, reinforce, sac, sac_discrete"
+    assert_one_line_error(err, expected)
 
 
 # ---- the command's start-up --------------------------------------------------------------------
