@@ -34,7 +34,15 @@ from matplotlib.ticker import (
 )
 from scipy import stats
 
-from rlgrad.report import AUC_METRIC, EPISODE_KEY, EVAL_KEY, FINAL_METRIC, RATIO_KEY, Run
+from rlgrad.report import (
+    AUC_METRIC,
+    EPISODE_KEY,
+    EVAL_KEY,
+    FINAL_METRIC,
+    RATIO_KEY,
+    Run,
+    trained_estimator,
+)
 
 if TYPE_CHECKING:
     from rlgrad.report import EnvResult
@@ -267,6 +275,16 @@ def returns_figure(groups: Groups, labels: list[str]) -> Figure:
     return fig
 
 
+def _drawn_estimators(runs: list[Run]) -> list[str]:
+    """The estimators whose statistics a label's curves show: every one its runs measured, or,
+    for runs measured against the exact gradient (``sac_discrete`` measures four estimators
+    whichever trains), only the one they train with."""
+    trained = {trained_estimator(run) for run in runs}
+    if len(trained) == 1 and None not in trained:
+        return [e for e in trained if e is not None]
+    return sorted(set().union(*(run.grad_estimators() for run in runs)))
+
+
 def gradients_figure(groups: Groups, labels: list[str]) -> Figure:
     """Per-sample gradient variance and SNR of each measured estimator (solid: pathwise,
     dashed: score) and the score/pathwise variance ratio, all on log scales."""
@@ -278,7 +296,7 @@ def gradients_figure(groups: Groups, labels: list[str]) -> Figure:
             ax = axes[row, col]
             drew = []
             for label, runs in by_label.items():
-                for est in sorted(set().union(*(run.grad_estimators() for run in runs))):
+                for est in _drawn_estimators(runs):
                     style = LINESTYLES.get(est, ":")
                     series = _grad(est, statistic)
                     drew.append(

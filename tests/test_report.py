@@ -480,8 +480,9 @@ def test_estimators_against_the_exact_gradient(tmp_path: Path) -> None:
             rows = evals([1000, 2000], [100.0, 200.0 + seed])
             for i, bias in enumerate(biases[estimator]):
                 stats = {"bias": bias + seed, "bias_se": 0.01, "bias_noise_floor": 0.05}
-                stats |= {"variance": 10.0 * (i + 1), "cosine_exact": 0.9}
+                stats |= {"variance": 10.0 * (i + 1), "cosine_exact": 0.9, "snr": 2.0}
                 row = {f"grad/{estimator}/{k}": v for k, v in stats.items()}
+                row["grad/exact/snr"] = 5.0  # measured as well, not trained with
                 rows.append({"global_step": 500 * (i + 1), **row})
             config = {"agent": {"name": "sac_discrete", "actor_estimator": estimator}}
             make_run(study, label, "CartPole-v1", seed, rows, config=config)
@@ -500,6 +501,11 @@ def test_estimators_against_the_exact_gradient(tmp_path: Path) -> None:
     assert float(cells["gumbel-0.5"][4]) == pytest.approx(0.9)
     assert float(cells["gumbel-0.5"][7]) == pytest.approx(20.0)
     assert (study / "exact.png").is_file() and study / "exact.png" in report.figures
+    # gradients.png: each label's curves are those of the estimator it trains with
+    runs, _ = read_runs(study)
+    fig = gradients_figure(group_runs(runs), ["score", "gumbel-0.5", "pathwise"])
+    drawn = {line.get_gid() for ax in fig.axes for line in ax.get_lines()}
+    assert drawn == {"score: score", "gumbel-0.5: gumbel_softmax"}
 
 
 def test_no_exact_section_without_exact_measurements(tmp_path: Path) -> None:
