@@ -104,3 +104,105 @@ def test_dimension_scaling_smoke_finite_and_pathwise_aligned_at_d1():
         )
     pathwise = next(r for r in rows if r["estimator"] == "pathwise")
     assert pathwise["cosine_batch256_mean"] > 0.9
+
+
+# ---- the learned-critic mode: bias of each estimator under a critic other than the true Q ----
+
+
+def _bias_estimators(k: int = 4) -> dict:
+    return {
+        "pathwise": ds.Pathwise(),
+        "score/none": ds.ScoreFunction(1, "none"),
+        "score/loo": ds.ScoreFunction(k, "loo"),
+    }
+
+
+def _z2(b: torch.Tensor, expected: torch.Tensor, se: torch.Tensor) -> float:
+    """Mean over the coordinates (with se > 0) of ((b − expected)/se)²: about 1 when b is
+    ``expected`` up to its standard error."""
+    live = se > 0
+    return float((((b - expected)[live] / se[live]) ** 2).mean())
+
+
+def test_critic_bias_vanishes_when_the_critic_is_the_true_q_up_to_a_constant():
+    """A critic Q + c has value errors everywhere but moves no estimator's expectation: the
+    measured bias is exactly 0 for pathwise (same slopes) and for score/loo (the constant
+    cancels), and within its standard error for score/none (c ∇log π: zero mean, not zero)."""
+    problem = ds.make_problem(4, hidden=(32, 32))
+    g_true, _ = ds.true_gradient(problem, samples=1 << 16, seed=1)
+    critic = lambda obs, actions: problem.q(obs, actions) + 2.5  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    chunks = ds.critic_bias(problem, critic, _bias_estimators(), 0.0, 1 << 14, gen, chunk=512)
+    stats = {name: ds.bias_statistics(c, g_true, chunks["pathwise"]) for name, c in chunks.items()}
+    assert stats["pathwise"]["bias_relative_error"] < 1e-6
+    assert stats["score/loo"]["bias_relative_error"] < 1e-4
+    none = chunks["score/none"]
+    b, se = none.mean(0), none.std(0) / math.sqrt(len(none))
+    assert stats["score/none"]["bias_relative_se"] > 0.01  # a noisy estimate of zero ...
+    assert _z2(b, torch.zeros_like(b), se) < 2.0  # ... consistent with zero
+    assert _z2(b, 0.3 * g_true, se) > 2.0  # and the check has power against a 30 % bias
+
+
+def test_offset_critic_biases_every_estimator_alike():
+    """A critic Q + c‖a‖² biases the gradient by ∇θ E[−c‖a‖²] (computed here independently, as
+    a pathwise average through the error alone): pathwise's measured bias is far out of its
+    noise and matches it, and the score function's, from Q̂'s values alone, is the same vector:
+    every estimator here is unbiased for the gradient of the critic's own objective."""
+    c = 0.5
+    problem = ds.make_problem(4, hidden=(32, 32))
+    g_true, _ = ds.true_gradient(problem, samples=1 << 16, seed=1)
+    error = lambda obs, actions: c * (actions * actions).sum(-1)  # noqa: E731
+    expected, expected_se = ds.true_gradient(problem.with_critic(error), 1 << 18, seed=5)
+    critic = lambda obs, actions: problem.q(obs, actions) + error(obs, actions)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    chunks = ds.critic_bias(problem, critic, _bias_estimators(), 0.0, 1 << 14, gen, chunk=512)
+    stats = {name: ds.bias_statistics(c, g_true, chunks["pathwise"]) for name, c in chunks.items()}
+    pathwise = stats["pathwise"]
+    assert pathwise["bias_relative_error"] > 0.1
+    assert pathwise["bias_relative_error"] > 30 * pathwise["bias_relative_se"]
+    assert pathwise["bias_cosine"] < 1 - 10 * pathwise["bias_cosine_se"]
+    for name in ("pathwise", "score/loo", "score/none"):
+        b = chunks[name].mean(0)
+        se = (chunks[name].var(0) / len(chunks[name]) + expected_se**2).sqrt()
+        assert _z2(b, expected, se) < 2.0, name
+        assert stats[name]["bias_relative_error"] == pytest.approx(
+            float(expected.norm() / g_true.norm()), abs=3 * stats[name]["bias_relative_se"] + 0.01
+        )
+    # the check has power: half the offset is caught
+    loo_chunks = chunks["score/loo"]
+    se = (loo_chunks.var(0) / len(loo_chunks) + expected_se**2).sqrt()
+    assert _z2(loo_chunks.mean(0), 0.5 * expected, se) > 2.0
+    loo = stats["score/loo"]
+    assert loo["bias_vs_pathwise"] < 3 * loo["bias_vs_pathwise_se"]
+
+
+def test_learned_critic_run_reuses_the_true_runs_states_and_trains_sac():
+    """With the true Q wrapped as the critic, the learned-critic rows repeat the true-Q run's
+    variances and cosines (same actor, states and draws) with zero bias; and a (very short) SAC
+    run yields a critic min_i Q_i that the same code measures, every number finite."""
+    kw = dict(ks=(1, 4), truth_samples=1 << 15, states=512, pilot_states=256, hidden=(32, 32))
+    true_rows = ds.run_dimension(2, **kw)
+    q = ds.make_problem(2, hidden=(32, 32)).q
+    wrapped = ds.run_dimension(2, **kw, critic=q, bias_states=2048, bias_chunk=512)
+    for t, w in zip(true_rows, wrapped, strict=True):
+        assert (t["estimator"], t["K"], t["baseline"]) == (w["estimator"], w["K"], w["baseline"])
+        assert w["variance"] == pytest.approx(t["variance"], rel=1e-5)
+        assert w["cosine_batch256_mean"] == pytest.approx(t["cosine_batch256_mean"], abs=1e-6)
+        assert w["bias_relative_error"] < 1e-5 and w["bias_cosine"] == pytest.approx(1.0)
+        assert w["critic_slope_rel_rmse"] == 0.0
+
+    run = ds.train_critic(2, steps=400, hidden=(32, 32), learning_starts=200)
+    assert run.steps == 400 and run.updates == 200 and math.isfinite(run.eval_return)
+    obs, actions = torch.rand(5, 4) * 2 - 1, torch.rand(3, 5, 2) * 2 - 1
+    values = run.critic(obs, actions)
+    assert values.shape == (3, 5)
+    twin = run.critic.module(obs, actions[1])
+    assert torch.allclose(values[1], twin.min(0).values)
+    rows = ds.run_dimension(2, **kw, critic=run.critic, bias_states=2048, bias_chunk=512)
+    assert set(ds.LEARNED_COLUMNS) - {"sac_steps", "sac_updates", "sac_eval_return"} - {
+        "sac_seconds"
+    } <= set(rows[0])
+    for r in rows:
+        for key in ("variance", "bias_relative_error", "bias_relative_se", "bias_cosine"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["critic_slope_rel_rmse"] > 0
