@@ -270,8 +270,15 @@ def test_discrete_ppo_rows_equal_backward_loop():
     from_column = callback.policy_gradient_per_step(obs, column, advantages)
     np.testing.assert_allclose(_rows_of(model.policy, from_column).numpy(), got.numpy())
     # torch's Categorical support check runs inside vmap: an out-of-range action is caught.
-    with pytest.raises(ValueError, match="support"):
-        callback.policy_gradient_per_step(obs, actions + 2, advantages, names=list(grads))
+    # (Validation is on by default, but torch._dynamo turns it off for the whole process once
+    # anything is compiled, so the check is switched on here explicitly.)
+    validating = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        with pytest.raises(ValueError, match="support"):
+            callback.policy_gradient_per_step(obs, actions + 2, advantages, names=list(grads))
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validating)
 
 
 def test_discrete_a2c_logs_per_step_variance_of_the_loop_rows(tmp_path, monkeypatch):

@@ -52,21 +52,22 @@ correction saturates at log ε and its gradient vanishes), which is why the SB3 
 **PPO / A2C** (any ``OnPolicyAlgorithm`` with a ``RolloutBuffer``), with a ``Box`` action space
 (SB3's ``DiagGaussianDistribution``) or a ``Discrete`` one (its ``CategoricalDistribution``:
 discrete PPO and A2C, e.g. on ``CartPole-v1``). Measured in ``_on_rollout_end``, after SB3's
-``collect_rollouts`` has run ``compute_returns_and_advantage`` and before ``train()`` changes
-the policy, so at the rollout's own policy (PPO's ratio is 1): per-sample gradients of PPO's
+``collect_rollouts`` has run ``compute_returns_and_advantage`` and before ``train()`` changes the
+policy, so at the rollout's own policy (PPO's ratio is 1): per-sample gradients of PPO's
 policy-gradient term −A_t ∇θ log πθ(a_t|s_t), through ``model.policy.evaluate_actions`` inside
 ``functional_call``, on ``batch`` time steps drawn without replacement from the rollout; with
-``model.normalize_advantage`` the advantages are normalised over those steps,
-(A − mean)/(std + 1e-8), as ``PPO.train`` does over a minibatch. The actions go in as ``train()``
-passes them: the buffer's (n, action_dim) rows as float32, and for ``Discrete`` flattened to (n,)
-integer indices (the buffer keeps them as an (n, 1) column; ``Categorical.log_prob`` of a column
-would broadcast to (n, n)). torch.distributions' argument and support checks stay on: they test
-through ``torch._is_all_true``, which ``vmap`` evaluates over the whole batch, so an invalid
-action still raises torch's ``ValueError``. The unit of a sample is one time step, and steps of
-one episode are correlated, hence the keys ``grad/score/<stat>_per_step`` (the names REINFORCE
-and PPO log). The reference uses ``reference_batch`` steps of the same rollout (all of them when
-it has fewer). Only the parameters that log π depends on are differentiated (the value head is
-left out). Clipping, the entropy bonus and the value loss are not part of it.
+``model.normalize_advantage`` the advantages are normalised over those steps, (A − mean)/(std +
+1e-8), as ``PPO.train`` does over a minibatch. The actions go in as ``train()`` passes them: the
+buffer's (n, action_dim) rows as float32, and for ``Discrete`` flattened to (n,) integer indices
+(the buffer keeps them as an (n, 1) column; ``Categorical.log_prob`` of a column would broadcast to
+(n, n)). torch.distributions' argument and support checks are left as the process has them (on by
+default; ``torch._dynamo`` turns them off process-wide once anything is compiled): they test
+through ``torch._is_all_true``, which ``vmap`` evaluates over the whole batch, so with them on an
+invalid action raises torch's ``ValueError``. The unit of a sample is one time step, and steps of
+one episode are correlated, hence the keys ``grad/score/<stat>_per_step`` (the names REINFORCE and
+PPO log). The reference uses ``reference_batch`` steps of the same rollout (all of them when it has
+fewer). Only the parameters that log π depends on are differentiated (the value head is left out).
+Clipping, the entropy bonus and the value loss are not part of it.
 
 Not measured (``_init_callback`` raises a one-line ``TypeError`` naming what is supported):
 ``MultiDiscrete``, ``MultiBinary`` and ``Dict`` action spaces; ``Dict`` observations; and
