@@ -155,6 +155,10 @@ def _layer_of(parameter: str) -> str:
     return parameter.rsplit(".", 1)[0]
 
 
+_ACTOR_HEADS = ("mean", "log_std")
+"""The actor's output layers (:class:`Actor`): its loss depends on θ only through them."""
+
+
 @dataclass
 class ActorMeasurement:
     """One measurement of the actor's estimators (:meth:`Agent.measure`)."""
@@ -433,34 +437,34 @@ class Agent:
         return self.measure(obs, alpha).moments
 
     def measure(self, obs: torch.Tensor, alpha: torch.Tensor) -> ActorMeasurement:
-        """Both estimators on ``obs`` from their row losses: one actor forward (the reference
-        modules), one backward per estimator, per-sample norms from
-        :class:`rlgrad.diagnostics.LinearTape`; the cross sums of the paired per-state estimates
+        """Both estimators on ``obs`` from their draw losses: one actor forward (the reference
+        modules) through :class:`rlgrad.diagnostics.LinearTape`, which gives the per-sample
+        norms without per-sample gradients; the cross sums of the paired per-state estimates
         (for mixing weights); and each estimator's tail share over its draws (for the score
-        function, per draw: one batched backward of its K draws' losses). The draws are those
-        of :meth:`per_state_gradients`: ε (B, d) for pathwise, then (K, B, d) for score."""
-        objective = self.actor_objective(obs, alpha)
-        out = ActorMeasurement()
+        function, the norm of each draw's own gradient). The draws are those of
+        :meth:`per_state_gradients`: ε (B, d) for pathwise, then (K, B, d) for score.
+
+        The gradients at the actor's layers come through its heads (:meth:`_through_heads`:
+        2d backward passes through the actor, whatever K is) or, where 2d exceeds the K + 2
+        passes of the direct way, from those (:meth:`_direct`)."""
+        objective = self.measurement_objective(obs, alpha)
         with torch.enable_grad():
             with diagnostics.LinearTape(self.actor) as tape:
                 policy = SquashedGaussianPolicy.of(self.actor(obs))
+            drawn = {}
             for name, estimator in self.estimators.items():
                 noise = estimator.draw(policy)
-                prepared = estimator.prepare(policy, noise, objective)
-                draws = estimator.draw_losses(policy, noise, prepared, alpha)
-                several = noise.dim() > policy.mean.dim()
-                deltas = tape.deltas(draws.mean(0) if several else draws, retain_graph=True)
-                out.deltas[name] = deltas
-                out.moments[name] = tape.moments_from(deltas)
-                draw_sq = (
-                    tape.row_norms_sq(tape.deltas(draws, retain_graph=True))
-                    if several
-                    else out.moments[name].row_sq
-                )
-                assert draw_sq is not None
-                unlikely = estimator.unlikeliness(noise, prepared)
-                out.tail_share[name] = diagnostics.tail_share(draw_sq, unlikely)
-            out.cross = tape.cross_sums(out.deltas["pathwise"], out.deltas["score"])
+                drawn[name] = (noise, estimator.prepare(policy, noise, objective))
+            passes = sum(1 + (len(noise) if noise.dim() > 2 else 0) for noise, _ in drawn.values())
+            if 2 * self.act_dim <= passes:
+                out, draw_sq = self._through_heads(tape, drawn, alpha)
+            else:
+                out, draw_sq = self._direct(tape, policy, drawn, alpha)
+            for name, (noise, prepared) in drawn.items():
+                rows = out.moments[name].row_sq if draw_sq[name] is None else draw_sq[name]
+                assert rows is not None
+                unlikely = self.estimators[name].unlikeliness(noise, prepared)
+                out.tail_share[name] = diagnostics.tail_share(rows, unlikely)
             if self.mixed is not None:
                 weights = {name: self.mixed.weights[name] for name in out.cross}
                 mixed = {
@@ -471,6 +475,110 @@ class Agent:
                 }
                 out.moments["mixed"] = tape.moments_from(mixed)
         return out
+
+    def measurement_objective(self, obs: torch.Tensor, alpha: torch.Tensor) -> ActionObjective:
+        """h(s, a) of :meth:`actor_objective`, the same values, with K actions per state sent
+        through the critics in calls of at most ``batch_size`` rows on CPU: the size of the
+        update's own critic calls, whose memory the allocator holds between updates (the
+        activations of larger calls were fresh pages at every measurement, ≈ 1 ms at the
+        defaults; experiments/README.md)."""
+        if obs.device.type != "cpu":
+            return self.actor_objective(obs, alpha)
+        b = obs.shape[0]
+        per_call = max(1, self.cfg.batch_size // b)
+        params = self.critic.ensemble.detached_params()
+        repeated = obs.repeat(per_call, 1)  # the states of per_call draws, draw-major
+
+        def f(actions: torch.Tensor) -> torch.Tensor:
+            if actions.dim() == obs.dim():
+                return -self.critic(obs, actions, params).min(0).values
+            values = [
+                self.critic(repeated[: len(chunk) * b], chunk.reshape(-1, chunk.shape[-1]), params)
+                .min(0)
+                .values.view(len(chunk), b)
+                for chunk in actions.split(per_call)
+            ]
+            return -torch.cat(values)
+
+        return ActionObjective(f, alpha, obs)
+
+    def _through_heads(
+        self,
+        tape: diagnostics.LinearTape,
+        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        alpha: torch.Tensor,
+    ) -> tuple[ActorMeasurement, dict[str, torch.Tensor | None]]:
+        """Both estimators' moments, deltas and cross sums, and for K draws per state ‖g‖² of
+        each draw's own gradient ((K, B); None for one draw per state, whose row norms are the
+        moments' ``row_sq``).
+
+        The actor's loss depends on θ only through its heads' outputs (μ and raw log σ, the
+        :class:`Actor`'s ``mean`` and ``log_std`` layers), so the per-row Jacobians of the heads
+        (:class:`rlgrad.diagnostics.HeadJacobians`, 2d backward passes of B rows) turn each
+        draw's head cotangent c = ∂ℓ/∂(μ, raw log σ) into its gradients at every layer. The draw
+        losses are taken on copies of the heads' outputs, one per draw ((K, B, d) for K draws),
+        through ``Actor.forward``'s arithmetic (clamp, then :class:`TanhGaussian`): one backward
+        of that small graph gives every draw's c."""
+        heads = tape.heads(_ACTOR_HEADS)
+        mean, raw_log_std = (z.detach() for z in heads.outputs)
+        leaves, total = [], None
+        for name, (noise, prepared) in drawn.items():
+            shape = (*noise.shape[:-1], mean.shape[-1])
+            pair = (
+                mean.expand(shape).clone().requires_grad_(),
+                raw_log_std.expand(shape).clone().requires_grad_(),
+            )
+            log_std = pair[1].clamp(self.cfg.log_std_min, self.cfg.log_std_max)
+            policy = SquashedGaussianPolicy.of(TanhGaussian.from_log_std(pair[0], log_std))
+            loss = self.estimators[name].draw_losses(policy, noise, prepared, alpha).sum()
+            total = loss if total is None else total + loss
+            leaves.append(pair)
+        assert total is not None
+        grads = torch.autograd.grad(total, [t for pair in leaves for t in pair])
+        per_state, draw_sq = [], {}
+        for i, (name, (noise, _)) in enumerate(drawn.items()):
+            c = torch.cat(grads[2 * i : 2 * i + 2], dim=-1)  # (B, 2d) or (K, B, 2d)
+            several = noise.dim() > 2
+            per_state.append(c.mean(0) if several else c)
+            draw_sq[name] = heads.row_norms_sq(c.transpose(0, 1)).T if several else None
+        return self._paired(tape, drawn, heads.deltas(torch.stack(per_state, dim=1))), draw_sq
+
+    def _paired(
+        self,
+        tape: diagnostics.LinearTape,
+        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        deltas: dict[str, torch.Tensor],
+    ) -> ActorMeasurement:
+        """The estimators' moments and cross sums from their stacked deltas (B, E, out), in the
+        order of ``drawn`` (:meth:`rlgrad.diagnostics.LinearTape.paired_moments`)."""
+        paired = tape.paired_moments(deltas)
+        out = ActorMeasurement()
+        for e, name in enumerate(drawn):
+            out.moments[name] = paired.moments[e]
+            out.deltas[name] = {layer: d[:, e] for layer, d in deltas.items()}
+        first, second = (list(drawn).index(n) for n in ("pathwise", "score"))
+        out.cross = {k: v[first, second] for k, v in paired.cross.items()}
+        return out
+
+    def _direct(
+        self,
+        tape: diagnostics.LinearTape,
+        policy: SquashedGaussianPolicy,
+        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        alpha: torch.Tensor,
+    ) -> tuple[ActorMeasurement, dict[str, torch.Tensor | None]]:
+        """As :meth:`_through_heads`, by backward passes through the actor from the draw losses
+        on the taped ``policy``: one per estimator, and one batched over the K draws."""
+        per_state, draw_sq = [], {}
+        for name, (noise, prepared) in drawn.items():
+            losses = self.estimators[name].draw_losses(policy, noise, prepared, alpha)
+            several = losses.dim() > 1
+            per_state.append(tape.deltas(losses.mean(0) if several else losses, retain_graph=True))
+            draw_sq[name] = (
+                tape.row_norms_sq(tape.deltas(losses, retain_graph=True)) if several else None
+            )
+        stacked = {layer: torch.stack([d[layer] for d in per_state], 1) for layer in per_state[0]}
+        return self._paired(tape, drawn, stacked), draw_sq
 
     def refresh_mixing_weights(self, alpha: torch.Tensor) -> None:
         """Per actor layer, the inverse-variance weight of the pathwise estimate, from a

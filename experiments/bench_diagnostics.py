@@ -18,18 +18,21 @@ jobs, wall time also counts the time slices they take (``--clock wall`` measures
    ``LinearTape``, no per-sample matrix), against both vmaps and both loops, checked against
    the vmap rows.
 2. **Where one measurement's time goes**: ``Agent.diagnose`` split into its stages (replay
-   sampling, both estimators' moments and within them the K·B critic evaluations of the score
-   estimator, the pathwise reference gradient on ``reference_batch`` states, statistics), each
-   timed on its own, next to the whole call with and without a reference and one
-   ``update_once``; plus cProfile's cumulative times of the functions ``diagnose`` calls.
+   sampling, both estimators' moments and within them each estimator's critic evaluations, K·B
+   rows for the score function, the pathwise reference gradient on ``reference_batch`` states,
+   statistics), each timed on its own, next to the whole call with and without a reference and
+   one ``update_once``; then ``diagnose`` without a reference as training at interval 10 meets
+   it, after 10 updates each time; plus cProfile's cumulative times of the functions
+   ``diagnose`` calls.
 3. **The SB3 callback**: one ``GradientDiagnosticsCallback.measure()`` on SB3's SAC (default
    nets, batch 256, reference 2048) against one SB3 gradient step (``--skip-sb3`` skips it).
 4. **Training slowdown**: ``rlgrad.runner.train`` on ``configs/sac_pendulum.yaml`` with
    ``total_steps=--train-steps``, ``agent.learning_starts=100``, ``eval.episodes=1``, no W&B or
    TensorBoard, with ``diagnostics.interval=0`` against each of ``--variants``
    ``INTERVAL[:REFERENCE_INTERVAL]`` (updates between two measurements; updates between two
-   reference gradients, default 100; the rest of ``DiagnosticsConfig`` default: batch = the
-   agent's 256, reference batch 1024). Target: ≤ 10 % slower at interval 10.
+   reference gradients, default ``DiagnosticsConfig``'s 500; the rest of it default: 128
+   states measured, half the agent's batch, reference batch 1024). Target: ≤ 10 % slower at
+   interval 10.
 
 Writes everything as JSON to ``experiments/out/bench_diagnostics.json`` (``--out``).
 """
@@ -55,6 +58,27 @@ CONFIG = REPO / "configs" / "sac_pendulum.yaml"
 OUT = REPO / "experiments" / "out" / "bench_diagnostics.json"
 # Measure the checkout this file lives in, not whatever copy of rlgrad is installed.
 sys.path.insert(0, str(REPO))
+
+
+def _import_from_this_checkout() -> None:
+    """``rlgrad.agents`` and ``rlgrad.configs`` from REPO's ``agents/`` and ``configs/``: an
+    editable install maps these two (``package-dir`` entries, not under ``rlgrad/``) to the
+    tree it was installed from, whatever ``sys.path`` says, so a benchmark run beside an
+    editable install of another checkout would time that checkout's agents."""
+    import importlib.util
+
+    for name, folder in (("rlgrad.agents", "agents"), ("rlgrad.configs", "configs")):
+        path = REPO / folder
+        spec = importlib.util.spec_from_file_location(
+            name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+_import_from_this_checkout()
 
 
 # The clock every figure is measured with: this process's CPU time by default (``--clock cpu``),
@@ -352,9 +376,16 @@ def bench_stages(repeats: int) -> dict:
     moments = agent.gradient_moments(obs, alpha)
     reference = agent.reference_gradient(ref_obs, alpha)
 
-    def score_advantages() -> dict:  # the K·B critic rows the score estimator needs
-        with torch.no_grad():
-            return score_prepared(agent, obs, alpha)
+    from rlgrad.estimators import SquashedGaussianPolicy
+
+    with torch.no_grad():
+        policy = SquashedGaussianPolicy.of(agent.actor(obs))
+
+    def critic_rows(name: str) -> Callable[[], dict]:
+        """An estimator's critic evaluations in a measurement (``prepare`` on its draws, through
+        ``measurement_objective``): K·B rows for score, B rows and ∂Q/∂a for pathwise."""
+        estimator, objective = agent.estimators[name], agent.measurement_objective(obs, alpha)
+        return lambda: estimator.prepare(policy, estimator.draw(policy), objective)
 
     def stats() -> None:  # what diagnose does once it has the moments
         for m in moments.values():
@@ -367,7 +398,8 @@ def bench_stages(repeats: int) -> dict:
             agent.buffer.sample(cfg.reference_batch),
         ),
         "moments_both": lambda: agent.gradient_moments(obs, alpha),
-        "  of which score_critic": score_advantages,
+        "  of which score_critic": critic_rows("score"),
+        "  of which pathwise_critic": critic_rows("pathwise"),
         "reference_pathwise": lambda: agent.reference_gradient(ref_obs, alpha),
         "statistics": stats,
         "diagnose_total": lambda: agent.diagnose(cfg),
@@ -386,6 +418,26 @@ def bench_stages(repeats: int) -> dict:
         "share_of_stage_sum": {k: times[k] / sum(times[p] for p in parts) for k in parts},
     }
 
+    # As in training at diagnostics.interval=10: each measurement after 10 updates, which leave
+    # caches and the allocator as training does (a measurement that reuses no memory of the
+    # update's pays for fresh pages each time; the stages above run back to back).
+    after_updates: list[float] = []
+    updates: list[float] = []
+    for _ in range(repeats + 1):
+        start = clock()
+        for _ in range(10):
+            agent.update_once(agent.buffer.sample(agent.cfg.batch_size))
+        middle = clock()
+        agent.diagnose(no_reference)
+        after_updates.append(clock() - middle)
+        updates.append((middle - start) / 10)
+    after, update_between = statistics.median(after_updates[1:]), statistics.median(updates[1:])
+    out["after_10_updates"] = {
+        "diagnose_no_reference_s": after,
+        "update_s": update_between,
+        "diagnose_over_10_updates": after / (10 * update_between),
+    }
+
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(repeats):
@@ -393,10 +445,16 @@ def bench_stages(repeats: int) -> dict:
     profiler.disable()
     wanted = {
         "gradient_moments",
-        "moments",
+        "measure",
         "reference_gradient",
         "batch_gradient",
         "prepare",
+        "draw_losses",
+        "_through_heads",
+        "heads",
+        "row_norms_sq",
+        "paired_moments",
+        "tail_share",
         "moment_statistics",
         "frozen_q",
         "cosine",
@@ -483,6 +541,12 @@ def report_stages(result: dict, args: argparse.Namespace) -> None:
         share = stages["share_of_stage_sum"].get(name)
         share_s = f"{100 * share:>6.1f}%" if share is not None else ""
         print(f"   {name:<26} {1e3 * seconds:>8.1f} {stages['in_updates'][name]:>8.2f} {share_s}")
+    after = stages["after_10_updates"]
+    print(
+        f"   diagnose_no_reference after 10 updates {1e3 * after['diagnose_no_reference_s']:.1f} ms"
+        f" = {after['diagnose_over_10_updates']:.3f} of those 10 updates"
+        f" ({1e3 * after['update_s']:.1f} ms each)"
+    )
     print("   cProfile, cumulative ms per diagnose():")
     for name, seconds in stages["cprofile_cumulative_s_per_diagnose"].items():
         print(f"     {name:<22} {1e3 * seconds:>8.1f}")

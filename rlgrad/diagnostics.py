@@ -13,6 +13,9 @@ Two ways to the per-sample gradients g_i = ∇θ ℓ(θ; sample_i), i = 1 … B:
       Σ_i ∂W_i = δᵀh,   ‖∂W_i‖² = ‖δ_i‖² ‖h_i‖²,   ‖∂b_i‖² = ‖δ_i‖²
 
   from one ordinary backward of Σ_i ℓ_i to the layer outputs: the (B, P) matrix never exists.
+  For many losses per row that reach the module only through its output layers (K
+  score-function draws per state through a policy's heads), :class:`HeadJacobians` gives their
+  δ and norms from as many backward passes as the heads have outputs, instead of K.
 
 Random draws (ε, sampled actions) are made outside and passed in.
 
@@ -34,8 +37,9 @@ For on-policy rollouts the independent unit is the episode, not the time step
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -270,6 +274,17 @@ def prefixed(prefix: str, stats: dict[str, Tensor], suffix: str = "") -> dict[st
 # ----------------------------------------------------------------------------- fast path
 
 
+class PairedMoments(NamedTuple):
+    """E sets of per-row gradients of one forward, row i of every set from the same sample."""
+
+    moments: list[GradientMoments]
+    """Set e's moments, as :meth:`LinearTape.moments_from` gives them."""
+    cross: dict[str, Tensor]
+    """{parameter: (E, E)}: Σ_i ⟨g_a,i, g_b,i⟩ (float64), the sets' ``sq_sums`` on the diagonal."""
+    deltas: dict[str, Tensor]
+    """{layer: (B, E, out)}: the δ of every set (``deltas[layer][:, e]`` is set e's)."""
+
+
 class LinearTape:
     """Per-sample gradient moments of a module built from ``nn.Linear`` layers, without
     per-sample gradients (see the module docstring for the maths).
@@ -296,6 +311,7 @@ class LinearTape:
         others = [n for n, p in module.named_parameters() if id(p) not in covered]
         if others:
             raise ValueError(f"LinearTape: parameters outside nn.Linear layers: {others}")
+        self._parameter_order = [n for n, _ in module.named_parameters()]
         self._records: dict[str, tuple[Tensor, Tensor]] = {}
         self._input_sq: dict[str, Tensor] = {}  # ‖h_i‖² per layer, shared by every loss
         self._handles: list = []
@@ -322,14 +338,17 @@ class LinearTape:
 
         return record
 
+    def _check_recorded(self) -> None:
+        missing = [n for n in self.layers if n not in self._records]
+        if missing:
+            raise RuntimeError(f"LinearTape: layers {missing} did not run in the forward")
+
     def deltas(self, row_losses: Tensor, retain_graph: bool = False) -> dict[str, Tensor]:
         """δ_i = ∂ℓ_i/∂z_i at every layer's output z (B, out), from one backward of Σ_i ℓ_i.
 
         ``row_losses`` (B,); or (K, B) for K losses per row, giving δ of shape (K, B, out) from
         one batched backward (``is_grads_batched``): e.g. one score-function draw at a time."""
-        missing = [n for n in self.layers if n not in self._records]
-        if missing:
-            raise RuntimeError(f"LinearTape: layers {missing} did not run in the forward")
+        self._check_recorded()
         names = list(self.layers)
         outputs = [self._records[n][1] for n in names]
         if row_losses.dim() == 1:
@@ -354,6 +373,12 @@ class LinearTape:
             else delta
             for name, out, delta in zip(names, outputs, grads, strict=True)
         }
+
+    def heads(self, names: Sequence[str], retain_graph: bool = False) -> HeadJacobians:
+        """The per-row Jacobians of the head layers ``names`` (the module's output layers), for
+        losses that depend on the module only through those layers' outputs
+        (:class:`HeadJacobians`: as many backward passes as the heads have outputs)."""
+        return HeadJacobians(self, names, retain_graph)
 
     def _input_norms_sq(self, name: str) -> Tensor:
         """‖h_i‖² of the layer's input rows (B,), float64, computed once per forward."""
@@ -387,11 +412,52 @@ class LinearTape:
                 sq_sums[f"{prefix}bias"] = delta_sq.sum()
                 rows = rows + delta_sq
             row_sq = rows if row_sq is None else row_sq + rows
-        order = [n for n, _ in self.module.named_parameters()]
+        order = self._parameter_order
         n = next(iter(deltas.values())).shape[0]
         return GradientMoments(
             n, {k: sums[k] for k in order}, {k: sq_sums[k] for k in order}, row_sq
         )
+
+    def paired_moments(self, deltas: dict[str, Tensor]) -> PairedMoments:
+        """:meth:`moments_from` for E sets of per-row gradients at once, with their cross sums
+        (:class:`PairedMoments`): ``deltas[layer]`` (B, E, out) holds set e's δ of row i at
+        [i, e] (e.g. two estimators' on the same states). The squared norms and inner products
+        come from each row's E × E matrix δ_i δ_iᵀ (float64): ⟨∂W_a,i, ∂W_b,i⟩ =
+        (δ_a,i · δ_b,i) ‖h_i‖², ⟨∂b_a,i, ∂b_b,i⟩ = δ_a,i · δ_b,i."""
+        n, sets = next(iter(deltas.values())).shape[:2]
+        sums: list[dict[str, Tensor]] = [{} for _ in range(sets)]
+        cross: dict[str, Tensor] = {}
+        row_sq: Tensor | None = None
+        for name, delta in deltas.items():
+            h = self._records[name][0]
+            input_sq = self._input_norms_sq(name)
+            wide = delta.double()
+            inner = torch.bmm(wide, wide.transpose(1, 2))  # (B, E, E): δ_a,i · δ_b,i
+            prefix = f"{name}." if name else ""
+            width = delta.shape[-1]
+            weights = (delta.reshape(n, sets * width).T @ h).view(sets, width, -1)
+            cross[f"{prefix}weight"] = input_sq @ inner.view(n, sets * sets)
+            factor = input_sq
+            for e, weight in enumerate(weights.unbind(0)):
+                sums[e][f"{prefix}weight"] = weight
+            if self.layers[name].bias is not None:
+                cross[f"{prefix}bias"] = inner.sum(0).view(-1)
+                for e, bias in enumerate(delta.sum(0).unbind(0)):
+                    sums[e][f"{prefix}bias"] = bias
+                factor = input_sq + 1.0
+            rows = inner.diagonal(dim1=1, dim2=2) * factor.unsqueeze(1)  # (B, E)
+            row_sq = rows if row_sq is None else row_sq + rows
+        assert row_sq is not None
+        order = self._parameter_order
+        matrices = {k: cross[k].view(sets, sets) for k in order}
+        squares = {k: m.diagonal().unbind(0) for k, m in matrices.items()}
+        moments = [
+            GradientMoments(
+                n, {k: sums[e][k] for k in order}, {k: squares[k][e] for k in order}, row_sq[:, e]
+            )
+            for e in range(sets)
+        ]
+        return PairedMoments(moments, matrices, deltas)
 
     def row_norms_sq(self, deltas: dict[str, Tensor]) -> Tensor:
         """‖g‖² of every row's gradient over all parameters, for deltas (..., B, out)."""
@@ -415,8 +481,116 @@ class LinearTape:
             out[f"{prefix}weight"] = (dot * self._input_norms_sq(name)).sum()
             if self.layers[name].bias is not None:
                 out[f"{prefix}bias"] = dot.sum()
-        order = [n for n, _ in self.module.named_parameters()]
-        return {k: out[k] for k in order}
+        return {k: out[k] for k in self._parameter_order}
+
+
+class HeadJacobians:
+    """Layer-output gradients of losses that reach a :class:`LinearTape`'s module only through
+    the outputs z_H of its head layers (its output layers: SAC's actor has a mean and a log-σ
+    head on a shared trunk), for as many losses per row as one likes.
+
+    With M the heads' total width, row i's loss ℓ_i reaches layer L's output z^L_i only through
+    z_H,i (rows do not mix), so its gradient there is
+
+        δ^L_i = J^L_iᵀ c_i,   c_i = ∂ℓ_i/∂z_H,i ∈ R^M,   J^L_i = ∂z_H,i/∂z^L_i ∈ R^{M × out},
+
+    and δ^H_i = c_i at a head. M backward passes of B rows from the heads (one per head
+    component e_m; batched within a head wider than 1) give every J^L (:attr:`jacobians`,
+    (B, M, out)). Cotangents c, which the caller takes from the cheap graph above the heads
+    (e.g. on detached copies of :attr:`outputs`), then give the δ (:meth:`deltas`, for
+    :meth:`LinearTape.moments_from` and :meth:`LinearTape.paired_moments`) and each loss's
+    squared gradient norm as a quadratic form in the row's M × M matrix
+    G_i = Σ_L (‖h^L_i‖² + 1[bias]) J^L_i J^L_iᵀ (:meth:`row_norms_sq`; a head's J is the
+    identity on its components). K losses per row (e.g. one per score-function draw) so cost M
+    backward passes through the module instead of K, and no (K, B, out) tensor. The condition
+    is the caller's (the tape cannot check it): a loss that used an inner layer's output other
+    than through the heads would get wrong δ.
+    """
+
+    def __init__(self, tape: LinearTape, heads: Sequence[str], retain_graph: bool = False):
+        tape._check_recorded()
+        unknown = [n for n in heads if n not in tape.layers]
+        if unknown or not heads:
+            raise ValueError(f"HeadJacobians: {unknown or 'no'} heads among {list(tape.layers)}")
+        self.tape = tape
+        self.heads = list(heads)
+        self.outputs = [tape._records[n][1] for n in self.heads]
+        """The heads' outputs z_H (B, width), with the module's graph."""
+        self.widths = [z.shape[-1] for z in self.outputs]
+        inner = [n for n in tape.layers if n not in self.heads]
+        inner_outputs = [tape._records[n][1] for n in inner]
+        per_head: list[list[Tensor]] = [[] for _ in inner]
+        for i, z in enumerate(self.outputs):
+            last = i == len(self.outputs) - 1
+            if z.shape[-1] == 1:
+                grads = torch.autograd.grad(
+                    z,
+                    inner_outputs,
+                    torch.ones_like(z),
+                    retain_graph=retain_graph or not last,
+                    allow_unused=True,
+                )
+                grads = tuple(None if g is None else g.unsqueeze(1) for g in grads)
+            else:  # one batched backward of the head's unit cotangents
+                unit = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+                grads = torch.autograd.grad(
+                    z,
+                    inner_outputs,
+                    unit.unsqueeze(1).expand(z.shape[-1], *z.shape).contiguous(),
+                    retain_graph=retain_graph or not last,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+                grads = tuple(None if g is None else g.transpose(0, 1) for g in grads)
+            for rows, g, out in zip(per_head, grads, inner_outputs, strict=True):
+                rows.append(
+                    out.new_zeros(out.shape[0], z.shape[-1], out.shape[1]) if g is None else g
+                )
+        self.jacobians: dict[str, Tensor] = {
+            name: torch.cat(rows, dim=1) for name, rows in zip(inner, per_head, strict=True)
+        }
+        """J^L for every layer L but the heads, (B, M, out)."""
+        self._gram: Tensor | None = None
+
+    def deltas(self, cotangent: Tensor) -> dict[str, Tensor]:
+        """δ = J^Lᵀ c at every layer's output, (B, out) or (B, E, out), for head cotangents
+        c = ∂ℓ/∂z_H (B, M) or (B, E, M) (E losses per row, each its own; or any linear
+        combination of cotangents), in the tape's order."""
+        per_head = dict(zip(self.heads, cotangent.split(self.widths, dim=-1), strict=True))
+        several = cotangent.dim() == 3
+        rows = cotangent if several else cotangent.unsqueeze(1)  # (B, E|1, M)
+        out: dict[str, Tensor] = {}
+        for name in self.tape.layers:
+            if name in per_head:
+                out[name] = per_head[name]
+                continue
+            delta = torch.bmm(rows, self.jacobians[name])  # (B, E|1, out)
+            out[name] = delta if several else delta.squeeze(1)
+        return out
+
+    def row_norms_sq(self, cotangent: Tensor) -> Tensor:
+        """‖g‖² over all parameters of each loss's gradient, (B,) or (B, E) float64, for head
+        cotangents c (B, M) or (B, E, M): what ``tape.row_norms_sq(self.deltas(c))`` gives,
+        as cᵀ G_i c per row (G_i of the class docstring, computed once)."""
+        if self._gram is None:
+            factors = {
+                name: self.tape._input_norms_sq(name)
+                + (1.0 if self.tape.layers[name].bias is not None else 0.0)
+                for name in self.tape.layers
+            }
+            head_factors = [
+                factors[name].unsqueeze(1).expand(-1, w)
+                for name, w in zip(self.heads, self.widths, strict=True)
+            ]
+            gram = torch.diag_embed(torch.cat(head_factors, dim=1))  # (B, M, M)
+            for name, jac in self.jacobians.items():
+                jac = jac.double()
+                gram.baddbmm_(jac * factors[name].view(-1, 1, 1), jac.transpose(1, 2))
+            self._gram = gram
+        c = cotangent.double()
+        rows = c if c.dim() == 3 else c.unsqueeze(1)  # (B, E|1, M)
+        norms = (torch.bmm(rows, self._gram) * rows).sum(-1)
+        return norms if c.dim() == 3 else norms.squeeze(1)
 
 
 # ----------------------------------------------------------------------------- on-policy units

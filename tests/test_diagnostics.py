@@ -202,6 +202,81 @@ def test_linear_tape_equals_vmap_on_any_mlp():
         assert got.sq_sums[key].item() == pytest.approx(want.sq_sums[key].item(), rel=1e-5)
 
 
+class _TwoHeads(torch.nn.Module):
+    """A trunk and two linear heads (widths 1 and 3: the one-wide and the batched backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(
+            torch.nn.Linear(4, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5), torch.nn.ReLU()
+        )
+        self.a, self.b = torch.nn.Linear(5, 1), torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return self.a(h), self.b(h)
+
+
+def _draw_losses(a: torch.Tensor, b: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """K losses per row (K, B), each a nonlinear function of the heads and its own noise."""
+    return (torch.sin(a * noise[..., :1]) + (b.exp() * noise[..., 1:]).sum(-1, keepdim=True))[
+        ..., 0
+    ]
+
+
+def test_head_jacobians_give_the_gradients_of_backward_passes_through_the_module():
+    """δ and ‖g‖² of K losses per row through the heads' Jacobians against a batched backward
+    through the module, and ‖g‖² against one backward call per loss (the definition)."""
+    torch.manual_seed(0)
+    net, x, noise = _TwoHeads(), torch.randn(6, 4), torch.randn(5, 6, 4)
+    with diagnostics.LinearTape(net) as tape:
+        a, b = net(x)
+    losses = _draw_losses(a, b, noise)  # (K, B)
+    direct = tape.deltas(losses, retain_graph=True)
+    direct_mean = tape.deltas(losses.mean(0), retain_graph=True)
+    params = list(net.parameters())
+    loop = torch.stack(
+        [
+            sum(
+                g.double().pow(2).sum()
+                for g in torch.autograd.grad(loss, params, retain_graph=True)
+            )
+            for loss in losses.reshape(-1)
+        ]
+    ).view(losses.shape)
+
+    heads = tape.heads(["a", "b"])
+    leaves = [z.detach().expand(5, *z.shape).clone().requires_grad_() for z in heads.outputs]
+    c = torch.cat(torch.autograd.grad(_draw_losses(*leaves, noise).sum(), leaves), dim=-1)
+    c = c.transpose(0, 1)  # (B, K, M): K sets of row losses
+    for name, got in heads.deltas(c).items():
+        torch.testing.assert_close(got, direct[name].transpose(0, 1), rtol=1e-5, atol=1e-6)
+    for name, got in heads.deltas(c.mean(1)).items():
+        torch.testing.assert_close(got, direct_mean[name], rtol=1e-5, atol=1e-6)
+    norms = heads.row_norms_sq(c)
+    torch.testing.assert_close(norms, loop.T, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(norms, tape.row_norms_sq(direct).T, rtol=1e-5, atol=0)
+    torch.testing.assert_close(heads.row_norms_sq(c[:, 2]), loop[2], rtol=1e-5, atol=1e-9)
+
+    # Moments and cross sums of two sets (the mean over the draws, and draw 0) against the
+    # tape's one set at a time, from the direct backward passes.
+    paired = tape.paired_moments(heads.deltas(torch.stack([c.mean(1), c[:, 0]], dim=1)))
+    direct_first = {name: d[0] for name, d in direct.items()}
+    want = [tape.moments_from(direct_mean), tape.moments_from(direct_first)]
+    cross = tape.cross_sums(direct_mean, direct_first)
+    for got, expected in zip(paired.moments, want, strict=True):
+        assert got.n == expected.n and list(got.sums) == list(expected.sums)
+        for key in expected.sums:
+            torch.testing.assert_close(got.sums[key], expected.sums[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got.sq_sums[key], expected.sq_sums[key], rtol=1e-5, atol=0)
+        torch.testing.assert_close(got.row_sq, expected.row_sq, rtol=1e-5, atol=0)
+    for key, value in cross.items():
+        torch.testing.assert_close(paired.cross[key][0, 1], value, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(paired.cross[key][1, 0], value, rtol=1e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="trunk"):
+        tape.heads(["trunk"])
+
+
 def test_linear_tape_refuses_what_it_cannot_do():
     class FreeParameter(torch.nn.Module):
         def __init__(self):

@@ -18,7 +18,7 @@ from rlgrad.learner import Learner
 
 def _agent(**overrides) -> Agent:
     torch.manual_seed(0)
-    cfg = Config(hidden_sizes=[16, 16], score_samples=4, batch_size=32, **overrides)
+    cfg = Config(**{"hidden_sizes": [16, 16], "score_samples": 4, "batch_size": 32, **overrides})
     agent = Agent(cfg, EnvSpec(obs_dim=3, act_dim=2), Learner(), n_envs=1)
     gen = torch.Generator().manual_seed(1)
     agent.observe(
@@ -107,11 +107,16 @@ def test_diagnose_logs_tail_shares_costs_and_mixing_weights():
     assert "grad/mixed/variance" in metrics
 
 
+# K = 4 with 2d = 4 head outputs: measured through the heads; K = 1: by the direct backwards.
+ROUTES = {"heads": {}, "direct": {"score_samples": 1, "score_baseline": "none"}}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("name", ["pathwise", "score"])
-def test_tail_share_equals_a_direct_computation_on_the_same_draws(name):
+def test_tail_share_equals_a_direct_computation_on_the_same_draws(name, route):
     """The share of Σ‖g‖² of the 5 % least likely draws, from a loop of backward calls (one per
     draw) on the draws the measurement made."""
-    agent, alpha = _agent(), torch.tensor(0.3)
+    agent, alpha = _agent(**ROUTES[route]), torch.tensor(0.3)
     obs = torch.randn(40, 3)
     torch.manual_seed(11)
     got = agent.measure(obs, alpha).tail_share[name]
@@ -134,6 +139,66 @@ def test_tail_share_equals_a_direct_computation_on_the_same_draws(name):
     tail = torch.topk(unlikely, k).indices
     want = norms[tail].sum() / norms.sum()
     assert got.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("baseline", ["loo", "optimal", "value"])
+def test_measuring_through_the_heads_equals_backward_passes_through_the_actor(baseline):
+    """The two ways of ``measure`` (the heads' Jacobians; one backward through the actor per
+    estimator and one over the K draws) on the same draws: deltas, moments, cross sums and
+    each draw's ‖g‖²."""
+    agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.3)
+    obs = torch.randn(40, 3)
+    objective = agent.measurement_objective(obs, alpha)
+    with torch.enable_grad():
+        with diagnostics.LinearTape(agent.actor) as tape:
+            policy = SquashedGaussianPolicy.of(agent.actor(obs))
+        drawn = {}
+        for key, estimator in agent.estimators.items():
+            noise = estimator.draw(policy)
+            drawn[key] = (noise, estimator.prepare(policy, noise, objective))
+        want, want_sq = agent._direct(tape, policy, drawn, alpha)
+        got, got_sq = agent._through_heads(tape, drawn, alpha)
+    close = {"rtol": 1e-5, "atol": 1e-7}
+    for key in drawn:
+        for layer, delta in want.deltas[key].items():
+            torch.testing.assert_close(got.deltas[key][layer], delta, **close)
+        expected, moments = want.moments[key], got.moments[key]
+        assert list(moments.sums) == list(expected.sums)
+        for param in expected.sums:
+            torch.testing.assert_close(moments.sums[param], expected.sums[param], **close)
+            torch.testing.assert_close(
+                moments.sq_sums[param], expected.sq_sums[param], rtol=1e-5, atol=0
+            )
+        torch.testing.assert_close(moments.row_sq, expected.row_sq, rtol=1e-5, atol=0)
+        if want_sq[key] is None:
+            assert got_sq[key] is None
+        else:
+            torch.testing.assert_close(got_sq[key], want_sq[key], rtol=1e-5, atol=0)
+    assert list(got.cross) == list(want.cross)
+    for param, value in want.cross.items():
+        torch.testing.assert_close(got.cross[param], value, rtol=1e-5, atol=1e-12)
+
+
+def test_measurement_draws_what_it_always_drew_and_evaluates_h_as_training_does():
+    """The global RNG gives ε (B, d), then the K score draws (K, B, d), and nothing else (seeded
+    runs with diagnostics stay as they were); the critic's K·B rows, sent in smaller calls,
+    give the values of ``actor_objective``."""
+    agent, alpha = _agent(), torch.tensor(0.3)
+    obs = torch.randn(40, 3)
+    torch.manual_seed(5)
+    agent.measure(obs, alpha)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    torch.randn(40, 2), torch.randn(4, 40, 2)
+    assert torch.equal(after, torch.rand(3))
+    actions = torch.rand(4, 40, 2) * 2 - 1
+    for a in (actions, actions[0]):
+        torch.testing.assert_close(
+            agent.measurement_objective(obs, alpha).f(a),
+            agent.actor_objective(obs, alpha).f(a),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 def test_optimal_baseline_weights_are_leave_one_out_per_component():
