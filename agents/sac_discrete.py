@@ -68,7 +68,7 @@ from rlgrad.estimators import (
 )
 from rlgrad.learner import Learner
 from rlgrad.networks import EnsembleMLP, SoftmaxPolicy
-from rlgrad.torch_private import foreach_lerp_
+from rlgrad.off_policy import polyak_update, replay_updates
 
 ESTIMATORS = ("exact", "score", "gumbel_softmax", "straight_through")
 """The actor-gradient estimators ``diagnose`` measures, whichever trains."""
@@ -204,17 +204,8 @@ class Agent:
         return loss, q.detach().mean()
 
     def update(self, global_step: int, measure: bool = False) -> dict[str, Tensor]:
-        self.vector_steps += 1
-        if global_step <= self.cfg.learning_starts or self.vector_steps % self.cfg.train_freq:
-            return {}
-        n_updates = self.cfg.gradient_steps
-        if n_updates == -1:
-            n_updates = self.cfg.train_freq * self.n_envs
-        metrics: dict[str, Tensor] = {}
-        for _ in range(n_updates):
-            self.learner.mark_step()
-            metrics = self.update_once(self.buffer.sample(self.cfg.batch_size))
-        return metrics
+        """The updates due at this vector step (:func:`rlgrad.off_policy.replay_updates`)."""
+        return replay_updates(self, global_step)
 
     def update_once(self, batch: Transitions) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -241,8 +232,7 @@ class Agent:
 
         self.updates += 1
         if self.updates % cfg.target_update_interval == 0:
-            online = list(self.critic.parameters())
-            foreach_lerp_(list(self.critic_target.parameters()), online, cfg.tau)
+            polyak_update(self.critic_target, self.critic, cfg.tau)
         metrics.update(
             {
                 "losses/critic": critic_loss.detach(),
