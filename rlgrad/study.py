@@ -4,9 +4,10 @@ A run's overrides apply in this order: the spec's, the estimator's, ``env.id``, 
 ``seed``, then the command line's. Every run gets ``logging.group`` = the study's name,
 ``logging.job_type`` = its label (the estimator, plus ``[key=value,...]`` of its grid point)
 and ``logging.tags`` = [estimator, env id, grid values...]. It lives in
-``OUT/runs/<env>/<label>/seed<k>/``; a run whose ``result.json`` exists is finished and skipped;
-an unfinished one resumes from its checkpoint (``rlgrad train --resume``) when it has one made
-with the same config, and starts again otherwise.
+``OUT/runs/<env>/<label>/seed<k>/``. Runs train seed by seed (:func:`training_order`); a run
+whose ``result.json`` exists is finished and skipped; an unfinished one resumes from its
+checkpoint (``rlgrad train --resume``) when it has one made with the same config, and starts
+again otherwise.
 """
 
 from __future__ import annotations
@@ -203,6 +204,13 @@ class RunOutcome:
         )
 
 
+def training_order(runs: list[PlannedRun], seeds: Sequence[int]) -> list[PlannedRun]:
+    """``runs`` seed by seed: every estimator × env × grid point of the first seed, then of the
+    next (spec order within a seed), so a study stopped partway has each of them at least once."""
+    rank = {seed: i for i, seed in enumerate(seeds)}
+    return sorted(runs, key=lambda run: rank.get(run.seed, len(rank)))
+
+
 def run_study(
     spec: StudySpec,
     out_dir: Path,
@@ -246,7 +254,10 @@ def run_study(
         outcomes[run.run_dir] = outcome
         echo(f"[{next(counter)}/{len(todo)}] {outcome.line()}")
 
-    jobs = [RunJob(str(run.run_dir), run.config or {}, resumable(run)) for run in todo.values()]
+    jobs = [
+        RunJob(str(run.run_dir), run.config or {}, resumable(run))
+        for run in training_order(list(todo.values()), spec.seeds)
+    ]
     if backend == "ray":
         run_ray(jobs, workers, ray_address, collect)
     else:

@@ -28,7 +28,7 @@ from conftest import CONFIGS, assert_one_line_error, run_cli
 from rlgrad.backends import RunJob, execute_run
 from rlgrad.config import ConfigError
 from rlgrad.report_figures import figure_pixels
-from rlgrad.study import plan_study, resumable
+from rlgrad.study import plan_study, resumable, training_order
 from rlgrad.study_spec import load_spec
 
 ENV = "rlgrad/PointMass-v0"
@@ -287,6 +287,20 @@ def test_plan_expands_envs_grid_and_seeds_in_override_order(tmp_path: Path) -> N
     assert [(r.env, r.config["agent"]["tau"], r.seed) for r in runs[-2:]] == [
         (ENV, 0.02, 0),
         (ENV, 0.02, 1),
+    ]
+
+
+def test_runs_train_seed_by_seed_in_spec_order_within_a_seed(tmp_path: Path) -> None:
+    """A study stopped partway has every estimator on every env for its first seeds."""
+    spec_path = write_spec(tmp_path, ESTIMATORS, envs=["Pendulum-v1", ENV])
+    spec = load_spec(spec_path)
+    runs = plan_study(spec, tmp_path / "out")
+    assert [r.seed for r in runs] == [0, 1] * 4  # planned (and reported) estimator by estimator
+    order = training_order(runs, spec.seeds)
+    expected = [(label, env) for label in ESTIMATORS for env in ("Pendulum-v1", ENV)]
+    assert [(r.label, r.env, r.seed) for r in order] == [
+        *((label, env, 0) for label, env in expected),
+        *((label, env, 1) for label, env in expected),
     ]
 
 
