@@ -17,8 +17,9 @@ tr Σ the per-state variance of one state's estimate (score: K actions with the 
 baseline, K critic evaluations; pathwise: one reparameterised draw, one evaluation of ∂Q/∂a).
 R > 1 means that, for the same number of critic evaluations, the score function is the noisier
 estimator. For a MuJoCo run R is the median over the run's measurements after ``learning_starts``
-(each measurement a ratio on the same states, critic and policy); the figure draws every run as a
-point and the median per environment as a line.
+(each measurement a ratio on the same states, critic and policy; the CSV also gives the median
+over the first and the last third of them); the figure draws every run as a point and the median
+per environment as a line.
 
 Usage: python experiments/variance_vs_dimension.py STUDY_DIR [--docs]
 Writes experiments/out/variance_vs_dimension.{csv,png} (and docs/variance_vs_dimension.png with
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -64,9 +66,20 @@ def bandit_ratios(path: Path, k: int = SCORE_K) -> dict[int, float]:
     return {d: score[d] / pathwise[d] for d in sorted(score) if d in pathwise}
 
 
-def run_ratio(run: Run) -> tuple[float, int]:
-    """Median over the run's measurements of (tr Σ_score · K_score) / (tr Σ_pathwise · K_pw),
-    and how many measurements it rests on. Only measurements after learning starts count."""
+@dataclass(frozen=True)
+class RunRatio:
+    """A run's ratio per critic evaluation: the median over its measurements after learning
+    starts, and over the first and the last third of them (how it moves while training)."""
+
+    median: float
+    first_third: float
+    last_third: float
+    measurements: int
+
+
+def run_ratio(run: Run) -> RunRatio:
+    """(tr Σ_score · K_score) / (tr Σ_pathwise · K_pathwise) of each of the run's measurements
+    after learning starts, summarised by :class:`RunRatio`."""
     steps, score = run.series("grad/score/variance")
     pw_steps, pathwise = run.series("grad/pathwise/variance")
     _, k_score = run.series("grad/score/critic_evaluations")
@@ -79,7 +92,13 @@ def run_ratio(run: Run) -> tuple[float, int]:
     ratio = ratio[keep & np.isfinite(ratio)]
     if len(ratio) == 0:
         raise UsageError(f"{run.path}: no finite measurement after learning starts")
-    return float(np.median(ratio)), len(ratio)
+    third = max(1, len(ratio) // 3)
+    return RunRatio(
+        float(np.median(ratio)),
+        float(np.median(ratio[:third])),
+        float(np.median(ratio[-third:])),
+        len(ratio),
+    )
 
 
 def action_dimension(env_id: str) -> int:
@@ -100,7 +119,7 @@ def study_rows(study: Path) -> list[dict[str, object]]:
             continue
         if run.env not in dims:
             dims[run.env] = action_dimension(run.env)
-        ratio, n = run_ratio(run)
+        ratio = run_ratio(run)
         rows.append(
             {
                 "source": "study",
@@ -109,8 +128,10 @@ def study_rows(study: Path) -> list[dict[str, object]]:
                 "label": run.label,
                 "trained_with": run.config["agent"].get("actor_estimator", ""),
                 "seed": run.seed,
-                "measurements": n,
-                "ratio_per_evaluation": ratio,
+                "measurements": ratio.measurements,
+                "ratio_per_evaluation": ratio.median,
+                "ratio_first_third": ratio.first_third,
+                "ratio_last_third": ratio.last_third,
             }
         )
     if not rows:
@@ -134,6 +155,8 @@ def bandit_rows() -> list[dict[str, object]]:
                     "seed": "",
                     "measurements": "",
                     "ratio_per_evaluation": ratio,
+                    "ratio_first_third": "",
+                    "ratio_last_third": "",
                 }
             )
     return rows
@@ -236,11 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, args.out / "variance_vs_dimension.png")
     if args.docs:
         plot(rows, ROOT / "docs" / "variance_vs_dimension.png")
-    print(f"{'source':<18} {'env':<24} {'d':>3} {'trained with':<12} {'seed':>4} {'R':>9}")
+    print(
+        f"{'source':<18} {'env':<26} {'d':>3} {'trained with':<12} {'seed':>4} "
+        f"{'R median':>9} {'1st third':>9} {'last third':>10}"
+    )
     for r in rows:
+        thirds = [r["ratio_first_third"], r["ratio_last_third"]]
+        first, last = (f"{v:.3g}" if isinstance(v, float) else "" for v in thirds)
         print(
-            f"{r['source']:<18} {r['env']:<24} {r['d']:>3} {r['trained_with']:<12} "
-            f"{r['seed']!s:>4} {float(r['ratio_per_evaluation']):>9.3g}"
+            f"{r['source']:<18} {r['env']:<26} {r['d']:>3} {r['trained_with']:<12} "
+            f"{r['seed']!s:>4} {float(r['ratio_per_evaluation']):>9.3g} {first:>9} {last:>10}"
         )
     return 0
 

@@ -54,9 +54,10 @@ def test_run_ratio_is_the_median_after_learning_starts_weighted_by_evaluations()
         measurement(300, 3.0, 1.0),  # 24
         measurement(400, 1.0, 1.0),  # 8
     ]
-    ratio, n = vd.run_ratio(_run(rows))
-    assert n == 3
-    assert ratio == pytest.approx(8.0)
+    ratio = vd.run_ratio(_run(rows))
+    assert ratio.measurements == 3
+    assert ratio.median == pytest.approx(8.0)
+    assert (ratio.first_third, ratio.last_third) == (pytest.approx(4.0), pytest.approx(8.0))
 
 
 def test_a_run_without_both_measurements_is_refused() -> None:
