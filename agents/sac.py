@@ -158,6 +158,9 @@ def _layer_of(parameter: str) -> str:
 _ACTOR_HEADS = ("mean", "log_std")
 """The actor's output layers (:class:`Actor`): its loss depends on θ only through them."""
 
+Drawn = tuple[torch.Tensor, dict[str, torch.Tensor]]
+"""One estimator's draws for a measurement: its noise and its prepared draw losses."""
+
 
 @dataclass
 class ActorMeasurement:
@@ -437,14 +440,8 @@ class Agent:
         The gradients at the actor's layers come through its heads (:meth:`_through_heads`:
         2d backward passes through the actor, whatever K is) or, where 2d exceeds the K + 2
         passes of the direct way, from those (:meth:`_direct`)."""
-        objective = self.measurement_objective(obs, alpha)
         with torch.enable_grad():
-            with diagnostics.LinearTape(self.actor) as tape:
-                policy = SquashedGaussianPolicy.of(self.actor(obs))
-            drawn = {}
-            for name, estimator in self.estimators.items():
-                noise = estimator.draw(policy)
-                drawn[name] = (noise, estimator.prepare(policy, noise, objective))
+            tape, policy, drawn = self.measurement_draws(obs, alpha)
             passes = sum(1 + (len(noise) if noise.dim() > 2 else 0) for noise, _ in drawn.values())
             if 2 * self.act_dim <= passes:
                 out, draw_sq = self._through_heads(tape, drawn, alpha)
@@ -465,6 +462,20 @@ class Agent:
                 }
                 out.moments["mixed"] = tape.moments_from(mixed)
         return out
+
+    def measurement_draws(
+        self, obs: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[diagnostics.LinearTape, SquashedGaussianPolicy, dict[str, Drawn]]:
+        """One taped actor forward on ``obs`` and each estimator's draws with its prepared
+        losses: ``(tape, policy, {name: (noise, prepared)})``. Call under ``enable_grad``."""
+        objective = self.measurement_objective(obs, alpha)
+        with diagnostics.LinearTape(self.actor) as tape:
+            policy = SquashedGaussianPolicy.of(self.actor(obs))
+        drawn = {}
+        for name, estimator in self.estimators.items():
+            noise = estimator.draw(policy)
+            drawn[name] = (noise, estimator.prepare(policy, noise, objective))
+        return tape, policy, drawn
 
     def measurement_objective(self, obs: torch.Tensor, alpha: torch.Tensor) -> ActionObjective:
         """h(s, a) of :meth:`actor_objective`, the same values, with K actions per state sent
@@ -495,7 +506,7 @@ class Agent:
     def _through_heads(
         self,
         tape: diagnostics.LinearTape,
-        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        drawn: dict[str, Drawn],
         alpha: torch.Tensor,
     ) -> tuple[ActorMeasurement, dict[str, torch.Tensor | None]]:
         """Both estimators' moments, deltas and cross sums, and for K draws per state ‖g‖² of
@@ -536,7 +547,7 @@ class Agent:
     def _paired(
         self,
         tape: diagnostics.LinearTape,
-        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        drawn: dict[str, Drawn],
         deltas: dict[str, torch.Tensor],
     ) -> ActorMeasurement:
         """The estimators' moments and cross sums from their stacked deltas (B, E, out), in the
@@ -554,7 +565,7 @@ class Agent:
         self,
         tape: diagnostics.LinearTape,
         policy: SquashedGaussianPolicy,
-        drawn: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        drawn: dict[str, Drawn],
         alpha: torch.Tensor,
     ) -> tuple[ActorMeasurement, dict[str, torch.Tensor | None]]:
         """As :meth:`_through_heads`, by backward passes through the actor from the draw losses

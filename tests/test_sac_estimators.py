@@ -148,14 +148,8 @@ def test_measuring_through_the_heads_equals_backward_passes_through_the_actor(ba
     each draw's ‖g‖²."""
     agent, alpha = _agent(score_baseline=baseline), torch.tensor(0.3)
     obs = torch.randn(40, 3)
-    objective = agent.measurement_objective(obs, alpha)
     with torch.enable_grad():
-        with diagnostics.LinearTape(agent.actor) as tape:
-            policy = SquashedGaussianPolicy.of(agent.actor(obs))
-        drawn = {}
-        for key, estimator in agent.estimators.items():
-            noise = estimator.draw(policy)
-            drawn[key] = (noise, estimator.prepare(policy, noise, objective))
+        tape, policy, drawn = agent.measurement_draws(obs, alpha)
         want, want_sq = agent._direct(tape, policy, drawn, alpha)
         got, got_sq = agent._through_heads(tape, drawn, alpha)
     close = {"rtol": 1e-5, "atol": 1e-7}
