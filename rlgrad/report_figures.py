@@ -6,7 +6,8 @@ within the steps it covers) and the band is mean ± t(0.975, n−1)·std/√n ov
 at each step. With fewer seeds a band says nothing, so each seed's own curve is drawn (one line
 per seed, the estimator's colour). Gradient statistics are averaged in log10, so their band is
 a geometric one. On log axes only major ticks are labelled: decades (at most
-``MAX_LOG_TICKS``), or a few round numbers when the axis spans less than a decade.
+``MAX_LOG_TICKS``) from ``FEW_DECADES`` on; 1, 2 and 5 times each power of ten below that;
+a few round numbers when the axis spans less than a decade.
 
 ``profiles.png`` draws the performance profiles ``rlgrad.report`` computes with rliable, and
 ``exact.png`` (when runs measured their estimator against the exact gradient) each label's
@@ -57,6 +58,9 @@ MIN_BAND_SEEDS = 3
 """With fewer seeds than this, each seed is drawn as its own line instead of a mean and band."""
 MAX_LOG_TICKS = 5
 """At most this many labelled decades on a log axis."""
+FEW_DECADES = 2.0
+"""A log axis spanning fewer decades than this labels 1, 2 and 5 times each power of ten, as
+one spanning 1.2 decades (0.4 to 6) would otherwise show the single label 10⁰."""
 
 Groups = dict[str, dict[str, list[Run]]]
 Series = Callable[[Run], tuple[np.ndarray, np.ndarray]]
@@ -212,13 +216,17 @@ def plain_number(value: float, _: Any = None) -> str:
 
 def tidy_log_axis(axis: Axis, low: float, high: float) -> None:
     """Label only major ticks of a log axis spanning [low, high], so that labels never run
-    into each other: at most ``MAX_LOG_TICKS`` decades (10², 10⁴, …) when it spans a decade or
-    more; else a few round numbers in plain notation (300, 400, 600). Minor ticks stay,
-    unlabelled."""
+    into each other and at least two show: at most ``MAX_LOG_TICKS`` decades (10², 10⁴, …)
+    when it spans ``FEW_DECADES`` or more; 1, 2 and 5 times each power of ten (0.5, 1, 2, 5)
+    when it spans one decade or more; else a few round numbers (300, 400, 600). All but the
+    decades are written in plain notation. Minor ticks stay, unlabelled."""
     decades = np.log10(high / low) if 0 < low < high else 0.0
-    if decades >= 1:
+    if decades >= FEW_DECADES:
         axis.set_major_locator(LogLocator(base=10, numticks=MAX_LOG_TICKS))
         axis.set_major_formatter(LogFormatterSciNotation(base=10))
+    elif decades >= 1:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(plain_number))
     else:
         axis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
         axis.set_major_formatter(FuncFormatter(plain_number))

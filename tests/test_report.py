@@ -422,6 +422,7 @@ def test_log_axis_tick_labels_do_not_overlap(tmp_path: Path) -> None:
     """Gradient statistics spanning a fraction of a decade (the 300-800 that gave
     "3×10²4×10²6×10²"), a few decades, eight decades; and a log step axis."""
     spans = {"A": (300, 800), "B": (250, 300), "C": (5, 5000), "D": (1e-3, 1e5), "F": (0.9, 1.1)}
+    spans |= {"G": (0.4, 6), "H": (0.02, 0.9)}  # 1.2 and 1.7 decades
     for env, (low, high) in spans.items():
         values = np.geomspace(low, high, 10)
         for seed in range(2):
@@ -464,10 +465,12 @@ def test_log_axis_tick_labels_do_not_overlap(tmp_path: Path) -> None:
                 assert not box_a.overlaps(box_b), (ax.get_title(), a, b)
             shown[ax.get_title(), axis.axis_name] = [text for text, _ in labels]
             checked += 1
-    assert checked == 5 * 3 + 2 * 2 * 2  # A-F: 3 log y axes; W, V: variance and SNR, x and y
+    assert checked == 7 * 3 + 2 * 2 * 2  # A-H: 3 log y axes; W, V: variance and SNR, x and y
     assert shown["A: gradient variance (trace)", "y"] == ["400", "600", "800"]
     assert shown["V: gradient variance (trace)", "x"] == ["2000", "4000"]
     assert len(shown["D: gradient variance (trace)", "y"]) <= 5  # 8 decades: every other one
+    assert shown["G: gradient variance (trace)", "y"] == ["0.5", "1", "2", "5"]
+    assert shown["H: gradient variance (trace)", "y"] == ["0.02", "0.05", "0.1", "0.2", "0.5", "1"]
 
 
 def test_estimators_against_the_exact_gradient(tmp_path: Path) -> None:
