@@ -21,9 +21,14 @@ estimator. For a MuJoCo run R is the median over the run's measurements after ``
 over the first and the last third of them); the figure draws every run as a point and the median
 per environment as a line.
 
+Per environment it also prints the median over runs of R and of its thirds, R/K (the same ratio
+per *state*, one score estimate from K actions against one pathwise draw), and the median weight
+the mixed estimator put on pathwise (every ``grad/mixed/weight_pathwise/<group>`` record after
+``learning_starts`` of the runs that train with it, pooled).
+
 Usage: python experiments/variance_vs_dimension.py STUDY_DIR [--docs]
 Writes experiments/out/variance_vs_dimension.{csv,png} (and docs/variance_vs_dimension.png with
---docs); prints the table.
+--docs); prints one row per run, then the per-environment summary.
 """
 
 from __future__ import annotations
@@ -101,6 +106,57 @@ def run_ratio(run: Run) -> RunRatio:
     )
 
 
+def mixed_weights_on_pathwise(run: Run) -> np.ndarray:
+    """Every ``grad/mixed/weight_pathwise/<group>`` record after learning starts (all parameter
+    groups pooled); empty for a run that does not log them."""
+    starts = float(run.config.get("agent", {}).get("learning_starts", 0))
+    weights = []
+    for key in sorted(k for k in run.keys if k.startswith("grad/mixed/weight_pathwise/")):
+        steps, values = run.series(key)
+        weights.append(values[(steps > starts) & np.isfinite(values)])
+    return np.concatenate(weights) if weights else np.empty(0)
+
+
+@dataclass(frozen=True)
+class EnvSummary:
+    """The study's figures for one environment: medians over its runs."""
+
+    env: str
+    d: int
+    runs: int
+    ratio: float
+    first_third: float
+    last_third: float
+    ratio_per_state: float
+    mixed_weight_on_pathwise: float | None
+
+
+def env_summaries(rows: list[dict[str, object]], k: int = SCORE_K) -> list[EnvSummary]:
+    """Per environment of the study rows, by action dimension: the median over runs of the
+    run ratios R and of their thirds, R/k, and the pooled median of the mixed runs' weights."""
+    by_env: dict[str, list[dict[str, object]]] = {}
+    for r in rows:
+        if r["source"] == "study":
+            by_env.setdefault(str(r["env"]), []).append(r)
+    summaries = []
+    for env, runs in by_env.items():
+        ratio = float(np.median([float(r["ratio_per_evaluation"]) for r in runs]))
+        weights = [w for r in runs for w in r.get("mixed_weights", ())]
+        summaries.append(
+            EnvSummary(
+                env=env,
+                d=int(runs[0]["d"]),
+                runs=len(runs),
+                ratio=ratio,
+                first_third=float(np.median([float(r["ratio_first_third"]) for r in runs])),
+                last_third=float(np.median([float(r["ratio_last_third"]) for r in runs])),
+                ratio_per_state=ratio / k,
+                mixed_weight_on_pathwise=float(np.median(weights)) if weights else None,
+            )
+        )
+    return sorted(summaries, key=lambda s: (s.d, s.env))
+
+
 def action_dimension(env_id: str) -> int:
     env = gym.make(env_id)
     try:
@@ -132,6 +188,7 @@ def study_rows(study: Path) -> list[dict[str, object]]:
                 "ratio_per_evaluation": ratio.median,
                 "ratio_first_third": ratio.first_third,
                 "ratio_last_third": ratio.last_third,
+                "mixed_weights": mixed_weights_on_pathwise(run).tolist(),
             }
         )
     if not rows:
@@ -235,6 +292,8 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
 
 
 def write_csv(rows: list[dict[str, object]], path: Path) -> None:
+    """The rows, without the mixed runs' raw weights (the summary gives their median)."""
+    rows = [{k: v for k, v in r.items() if k != "mixed_weights"} for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -269,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['source']:<18} {r['env']:<26} {r['d']:>3} {r['trained_with']:<12} "
             f"{r['seed']!s:>4} {float(r['ratio_per_evaluation']):>9.3g} {first:>9} {last:>10}"
+        )
+    print(
+        f"\n{'env (median over runs)':<26} {'d':>3} {'runs':>4} {'R':>6} {'1st third':>9} "
+        f"{'last third':>10} {'R/K':>6} {'mixed weight on pathwise':>25}"
+    )
+    for e in env_summaries(rows):
+        w = e.mixed_weight_on_pathwise
+        shown = f"{w:.2f}" if w is not None else "–"
+        print(
+            f"{e.env:<26} {e.d:>3} {e.runs:>4} {e.ratio:>6.2g} {e.first_third:>9.2g} "
+            f"{e.last_third:>10.3g} {e.ratio_per_state:>6.2g} {shown:>25}"
         )
     return 0
 

@@ -78,3 +78,41 @@ def test_cli_on_a_folder_without_sac_measurements_is_one_line(
     assert vd.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "measured both estimators" in err
+
+
+def test_mixed_weights_pool_every_group_after_learning_starts() -> None:
+    rows = [
+        {"global_step": 100, "grad/mixed/weight_pathwise/mean": 0.9},  # at learning_starts
+        {"global_step": 200, "grad/mixed/weight_pathwise/mean": 0.1}
+        | {"grad/mixed/weight_pathwise/log_std": 0.3},
+        {"global_step": 300, "grad/mixed/weight_pathwise/mean": float("nan")},
+        {"global_step": 300, "grad/mixed/weight_pathwise/trunk.0": 0.5},
+    ]
+    assert sorted(vd.mixed_weights_on_pathwise(_run(rows)).tolist()) == [0.1, 0.3, 0.5]
+    assert vd.mixed_weights_on_pathwise(_run([{"global_step": 200}])).size == 0
+
+
+def test_env_summary_is_the_median_over_runs_and_pools_mixed_weights() -> None:
+    def row(env: str, d: int, ratio: float, first: float, last: float, weights: list) -> dict:
+        return {
+            "source": "study",
+            "env": env,
+            "d": d,
+            "ratio_per_evaluation": ratio,
+            "ratio_first_third": first,
+            "ratio_last_third": last,
+            "mixed_weights": weights,
+        }
+
+    rows = [
+        {"source": "bandit, true Q", "env": "rlgrad/QuadraticBandit-v0", "d": 1},
+        row("Ant-v5", 8, 8.0, 2.0, 10.0, []),
+        row("Ant-v5", 8, 16.0, 4.0, 20.0, [0.5, 0.7]),
+        row("Ant-v5", 8, 12.0, 3.0, 30.0, [0.6]),
+        row("Hopper-v5", 3, 4.0, 1.0, 5.0, []),
+    ]
+    hopper, ant = vd.env_summaries(rows)
+    assert (hopper.env, hopper.runs, hopper.mixed_weight_on_pathwise) == ("Hopper-v5", 1, None)
+    assert (ant.d, ant.runs, ant.ratio, ant.first_third, ant.last_third) == (8, 3, 12, 3, 20)
+    assert ant.ratio_per_state == pytest.approx(12.0 / vd.SCORE_K)
+    assert ant.mixed_weight_on_pathwise == pytest.approx(0.6)
