@@ -632,8 +632,8 @@ improvement, the chance that a run of X ends with a higher final eval return tha
 (ties count half), with its bootstrap interval; P(Y > X) = 1 − P(X > Y). *profiles.png*:
 performance profiles, the fraction of runs whose final eval return (top) or AUC (bottom)
 exceeds τ, with 95 % bands. The curves of returns.png and gradients.png are the mean over seeds
-with a 95 % t-interval band from 3 seeds on; with fewer seeds each seed is drawn as its own
-line."""
+with, from 3 seeds on, the 95 % percentile-bootstrap band of that mean (seeds resampled; it
+stays within the seeds' range); with fewer seeds each seed is drawn as its own line."""
 
 
 @dataclass

@@ -28,7 +28,12 @@ from rlgrad.report import (
     separate_unlike_runs,
     write_report,
 )
-from rlgrad.report_figures import figure_pixels, gradients_figure, returns_figure
+from rlgrad.report_figures import (
+    bootstrap_mean_band,
+    figure_pixels,
+    gradients_figure,
+    returns_figure,
+)
 from rlgrad.study_spec import SPEC_FILE
 
 QUICK_REPS = 200
@@ -404,6 +409,28 @@ def test_two_seeds_draw_one_line_per_seed(tmp_path: Path) -> None:
     assert len(bands) == 1  # ppo's; none for sac
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == ["sac (2 seeds, each drawn)", "ppo"]
+
+
+def test_band_is_the_bootstrap_interval_of_the_mean_within_the_seeds_range() -> None:
+    """Seeds at 0, 1 and 2: every resample is all-0 with chance 1/27 > 2.5 %, so the band is
+    [0, 2], where a t-interval would be 1 ± 4.30/√3 = [−1.48, 3.48]; a step only seed 2 covers
+    has a band of its value alone; a step no seed covers is NaN."""
+    nan = np.nan
+    curves = np.array([[0.0, 0.0, nan, nan], [1.0, 1.0, nan, nan], [2.0, 2.0, 5.0, nan]])
+    mean, low, high = bootstrap_mean_band(curves, reps=4000)
+    assert np.allclose(mean[:3], [1.0, 1.0, 5.0]) and np.isnan(mean[3])
+    assert np.allclose(low[:3], [0.0, 0.0, 5.0]) and np.allclose(high[:3], [2.0, 2.0, 5.0])
+    assert np.isnan(low[3]) and np.isnan(high[3])
+    rng = np.random.default_rng(1)
+    spread = rng.standard_cauchy((3, 50))  # heavy tails: a t-interval would reach far out
+    mean, low, high = bootstrap_mean_band(spread)
+    ulp = 1e-9  # the mean of three equal values can round off by an ulp
+    assert np.all(low >= spread.min(axis=0) - ulp) and np.all(high <= spread.max(axis=0) + ulp)
+    assert np.all(low <= mean + ulp) and np.all(mean <= high + ulp)
+    # against a loop: the 2.5 and 97.5 percentiles of the means of resampled seeds
+    rows = np.random.default_rng(7).integers(0, 3, size=(500, 3))
+    by_loop = np.percentile([spread[r].mean(axis=0) for r in rows], [2.5, 97.5], axis=0)
+    assert np.allclose(bootstrap_mean_band(spread, reps=500, seed=7)[1:], by_loop)
 
 
 def visible_tick_labels(axis: Axis, renderer: object) -> list[tuple[str, object]]:
