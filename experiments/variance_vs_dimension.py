@@ -250,25 +250,20 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
             ms=5,
             label=label,
         )
-    by_env: dict[str, list[float]] = {}
-    dim_of: dict[str, int] = {}
-    for r in study:
-        by_env.setdefault(str(r["env"]), []).append(float(r["ratio_per_evaluation"]))
-        dim_of[str(r["env"])] = int(r["d"])
-    if by_env:
-        envs = sorted(by_env, key=dim_of.__getitem__)
+    summaries = env_summaries(rows)
+    if summaries:
         ax.plot(
-            [dim_of[e] for e in envs],
-            [np.median(by_env[e]) for e in envs],
+            [e.d for e in summaries],
+            [e.ratio for e in summaries],
             "-",
             color="tab:red",
             lw=2,
             label="study, median of runs per env",
         )
-        for e in envs:
+        for e in summaries:
             ax.annotate(
-                e.removesuffix("-v5"),
-                (dim_of[e], np.median(by_env[e])),
+                e.env.removesuffix("-v5"),
+                (e.d, e.ratio),
                 textcoords="offset points",
                 xytext=(6, -12),
                 fontsize=8,
